@@ -1,0 +1,55 @@
+"""Installs the functions of sql/provision_secret.sql.
+
+The SQL file is the single source; this step puts it in the database with
+@extschema@ replaced by the schema that holds pgcrypto (``public`` on a
+laptop, often ``extensions`` on managed services).
+"""
+
+from pathlib import Path
+
+from yoyo import step
+
+__depends__ = {"0004_provision_secret_column"}
+
+SQL_FILE = Path(__file__).resolve().parent.parent / "sql" / "provision_secret.sql"
+
+FUNCTIONS = (
+    "public._provision_secret_check_keys(bytea[])",
+    "public._provision_secret_key_id(bytea)",
+    "public._provision_secret_seal(uuid, bytea, bytea, bytea)",
+    "public._provision_secret_open(uuid, bytea, bytea[])",
+    "public.provision_secret_log_exposure()",
+    "public.store_provision_secret(uuid, text, bytea)",
+    "public.get_provision_secret(uuid, bytea[])",
+    "public.get_provision_secret(uuid, bytea)",
+    "public.provision_secret_key_census()",
+    "public.provision_secret_key_id(bytea)",
+    "public.rewrap_provision_secrets(bytea[], uuid, integer)",
+    "public.provision_secret_session_guard()",
+)
+
+
+def install(conn):
+    cursor = conn.cursor()
+    cursor.execute(
+        "SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension AS e"
+        " JOIN pg_catalog.pg_namespace AS n ON n.oid = e.extnamespace"
+        " WHERE e.extname = 'pgcrypto'"
+    )
+    (schema,) = cursor.fetchone()
+    cursor.execute(SQL_FILE.read_text(encoding="utf-8").replace("@extschema@", schema))
+
+
+def uninstall(conn):
+    # Refuse here too, not only in 0004: yoyo rolls each step back in its own
+    # transaction, and a service left without its functions is an outage.
+    cursor = conn.cursor()
+    cursor.execute("SELECT pg_catalog.count(*) FROM public.ota_groups WHERE provision_secret_ciphertext IS NOT NULL")
+    (stored,) = cursor.fetchone()
+    if stored:
+        raise RuntimeError(f"pyaccess: refusing to roll back: {stored} provision secret(s) are stored in ota_groups")
+    for signature in FUNCTIONS:
+        cursor.execute(f"DROP FUNCTION IF EXISTS {signature}")
+
+
+steps = [step(install, uninstall)]

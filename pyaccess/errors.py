@@ -1,0 +1,154 @@
+"""The exceptions of pyaccess, and the one place that maps database errors to them.
+
+Every message names OTA groups, files and key ids only: never a key, never
+a secret. The psycopg error stays reachable as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from os import PathLike
+from typing import Final
+
+import psycopg
+
+__all__ = [
+    "AccessDeniedError",
+    "DatabaseError",
+    "GroupNotFoundError",
+    "InvalidGroupIdError",
+    "InvalidKeyError",
+    "InvalidSecretError",
+    "KeyFileError",
+    "ParameterLoggingError",
+    "PyAccessError",
+    "ReadOnlyError",
+    "SecretIntegrityError",
+    "SecretNotFoundError",
+    "WrongKeyError",
+    "translate_errors",
+]
+
+
+class PyAccessError(Exception):
+    """Base class of every error pyaccess raises."""
+
+    #: The SQLSTATE the SQL functions raise for this error, if any.
+    sqlstate: str | None = None
+
+
+class InvalidKeyError(PyAccessError):
+    """The key is missing or not exactly 32 bytes (SQLSTATE PA001)."""
+
+    sqlstate = "PA001"
+
+
+class KeyFileError(InvalidKeyError):
+    """The key file is missing, unreadable or malformed; the message names the file and why."""
+
+    def __init__(self, path: str | PathLike[str], reason: str) -> None:
+        super().__init__(f"key file {str(path)!r}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class InvalidSecretError(PyAccessError):
+    """The secret is not 1 to 4096 bytes of UTF-8 text without NUL (SQLSTATE PA002)."""
+
+    sqlstate = "PA002"
+
+
+class GroupNotFoundError(PyAccessError):
+    """No OTA group has that id (SQLSTATE PA003)."""
+
+    sqlstate = "PA003"
+
+
+class InvalidGroupIdError(GroupNotFoundError):
+    """The group id is not a UUID, so no OTA group can have it (raised before any query)."""
+
+
+class SecretNotFoundError(PyAccessError):
+    """The OTA group has no provision secret stored (SQLSTATE PA004)."""
+
+    sqlstate = "PA004"
+
+
+class WrongKeyError(PyAccessError):
+    """The secret was encrypted under a key that was not given; the message gives the key ids (SQLSTATE PA005)."""
+
+    sqlstate = "PA005"
+
+
+class SecretIntegrityError(PyAccessError):
+    """The stored ciphertext failed authentication: altered, truncated or copied from another group (SQLSTATE PA006)."""
+
+    sqlstate = "PA006"
+
+
+class ParameterLoggingError(PyAccessError):
+    """The server would write bound parameters (the key) to its log, and this role may not stop it (SQLSTATE PA007)."""
+
+    sqlstate = "PA007"
+
+
+class AccessDeniedError(PyAccessError):
+    """The role may not call this function: grant it provision_secret_reader or _writer (SQLSTATE 42501)."""
+
+    sqlstate = "42501"
+
+
+class ReadOnlyError(PyAccessError):
+    """The server or transaction is read-only (a standby): secrets can be read there, not stored (SQLSTATE 25006)."""
+
+    sqlstate = "25006"
+
+
+class DatabaseError(PyAccessError):
+    """Any other database failure: connection lost, server shut down, aborted transaction..."""
+
+
+_BY_SQLSTATE: Final[dict[str, type[PyAccessError]]] = {
+    cls.sqlstate: cls
+    for cls in (
+        InvalidKeyError,
+        InvalidSecretError,
+        GroupNotFoundError,
+        SecretNotFoundError,
+        WrongKeyError,
+        SecretIntegrityError,
+        ParameterLoggingError,
+        AccessDeniedError,
+        ReadOnlyError,
+    )
+    if cls.sqlstate is not None
+}
+
+
+def from_psycopg(exc: psycopg.Error) -> PyAccessError:
+    """The pyaccess error for a psycopg error.
+
+    Messages of mapped errors come from pyaccess's own functions (or are
+    PostgreSQL's privilege and read-only messages), which carry no key or
+    secret. Anything else is described by its class and SQLSTATE only, since
+    some server messages quote parameter values.
+    """
+    cls = _BY_SQLSTATE.get(exc.sqlstate or "")
+    if cls is not None:
+        return cls(exc.diag.message_primary or cls.__doc__ or cls.__name__)
+    if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+        # libpq's own words ("server closed the connection unexpectedly"):
+        # they never quote parameters.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return DatabaseError(f"database connection failed: {reason}")
+    return DatabaseError(f"database error {type(exc).__name__} (SQLSTATE {exc.sqlstate})")
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise psycopg errors as the matching :class:`PyAccessError`."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise from_psycopg(exc) from exc

@@ -1,0 +1,222 @@
+"""Reading the key file that the Vault agent renders.
+
+Accepted contents (see the README): JSON ``{"key": K, "previous_keys": [K, ...]}``;
+the agent's default rendering (``data: map[key:K ...]`` for KV v2, ``key: K``
+for KV v1); or K alone. K is 64 hex digits, or the whole output of
+``openssl enc -aes-256-cbc -k secret -P -md sha1``, whose ``key=`` line is taken.
+
+Keys are cached per path and re-read only when the file's identity or
+modification time changes, so a re-rendered file is picked up by the next
+call without a restart and without a read per call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from pyaccess.errors import KeyFileError
+
+__all__ = [
+    "DEFAULT_KEY_FILE",
+    "Key",
+    "KeyRing",
+    "load_key_ring",
+    "parse_key_ring",
+    "resolve_key_file",
+    "write_new_key_file",
+]
+
+DEFAULT_KEY_FILE: Final = "/vault/secrets/provisioning_secret_enc_key"
+MAX_FILE_BYTES: Final = 64 * 1024
+
+_HEX_KEY = re.compile(r"[0-9A-Fa-f]{64}")
+_OPENSSL_KEY_LINE = re.compile(r"^\s*key\s*=\s*(\S*)\s*$", re.MULTILINE)
+_AGENT_MAP = re.compile(r"^\s*data:\s*map\[(.*)\]\s*$", re.MULTILINE | re.DOTALL)
+_AGENT_KV1 = re.compile(r"^\s*key:\s*(.*?)\s*$", re.MULTILINE)
+
+
+class Key:
+    """A 256-bit key. Its material never appears in ``repr`` or ``str``."""
+
+    __slots__ = ("material",)
+
+    def __init__(self, material: bytes) -> None:
+        self.material = material
+
+    def __repr__(self) -> str:
+        return "<pyaccess.Key (256 bits, redacted)>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Key) and other.material == self.material
+
+    def __hash__(self) -> int:
+        return hash(self.material)
+
+
+@dataclass(frozen=True, repr=False)
+class KeyRing:
+    """The current key (used for writing) and the previous keys (accepted for reading)."""
+
+    current: Key
+    previous: tuple[Key, ...] = ()
+
+    @property
+    def materials(self) -> list[bytes]:
+        """Every key's bytes, the current one first, as the SQL functions take them."""
+        return [self.current.material, *(k.material for k in self.previous)]
+
+    def __repr__(self) -> str:
+        return f"<pyaccess.KeyRing current + {len(self.previous)} previous (redacted)>"
+
+
+def resolve_key_file(key_file: str | os.PathLike[str] | None) -> Path:
+    """The key file to use: the argument, else ``PYACCESS_KEY_FILE``, else the agent's default path."""
+    if key_file is not None:
+        return Path(key_file)
+    return Path(os.environ.get("PYACCESS_KEY_FILE") or DEFAULT_KEY_FILE)
+
+
+def _parse_key(value: object, path: Path, what: str) -> Key:
+    if not isinstance(value, str):
+        raise KeyFileError(path, f"{what} is not a string")
+    text = value.strip()
+    if "\n" in text or "=" in text:
+        match = _OPENSSL_KEY_LINE.search(text)
+        if match is None:
+            raise KeyFileError(path, f"{what} has no 'key=' line")
+        text = match.group(1)
+    if not _HEX_KEY.fullmatch(text):
+        if re.fullmatch(r"[0-9A-Fa-f]*", text):
+            raise KeyFileError(path, f"{what} has {len(text)} hex digits, not 64 (a 256-bit key)")
+        raise KeyFileError(path, f"{what} is not hexadecimal")
+    return Key(bytes.fromhex(text))
+
+
+def _ring(current: Key, previous: list[Key]) -> KeyRing:
+    unique: list[Key] = []
+    for key in previous:
+        if key != current and key not in unique:
+            unique.append(key)
+    return KeyRing(current, tuple(unique))
+
+
+def _parse_json(data: object, path: Path) -> KeyRing:
+    if not isinstance(data, dict):
+        raise KeyFileError(path, "JSON content is not an object")
+    if "key" not in data:
+        raise KeyFileError(path, "JSON object has no 'key'")
+    current = _parse_key(data["key"], path, "'key'")
+    previous = data.get("previous_keys", [])
+    if not isinstance(previous, list):
+        raise KeyFileError(path, "'previous_keys' is not a list")
+    return _ring(current, [_parse_key(k, path, f"previous_keys[{i}]") for i, k in enumerate(previous)])
+
+
+def _parse_agent_map(body: str, path: Path) -> KeyRing:
+    # Go's fmt of map[string]interface{}: "key:VALUE previous_keys:[K1 K2]".
+    previous: list[Key] = []
+    prev = re.search(r"(?:^|\s)previous_keys:\[([^\]]*)\]", body)
+    if prev is not None:
+        previous = [_parse_key(k, path, "previous_keys") for k in prev.group(1).split()]
+        body = body[: prev.start()] + body[prev.end() :]
+    match = re.search(r"(?:^|\s)key:(.*?)(?=\s\w+:|$)", body, re.DOTALL)
+    if match is None:
+        raise KeyFileError(path, "agent rendering has no 'key'")
+    return _ring(_parse_key(match.group(1), path, "'key'"), previous)
+
+
+def parse_key_ring(text: str, path: str | os.PathLike[str] = "<key file>") -> KeyRing:
+    """Parse a key file's content; raise :class:`KeyFileError` naming ``path`` and the reason."""
+    where = Path(path)
+    stripped = text.strip()
+    if not stripped:
+        raise KeyFileError(where, "file is empty")
+    if stripped.startswith(("{", "[", '"')):
+        try:
+            data = json.loads(stripped)
+        except ValueError:
+            raise KeyFileError(where, "file is not valid JSON") from None
+        return _parse_json(data, where)
+    agent = _AGENT_MAP.search(stripped)
+    if agent is not None:
+        return _parse_agent_map(agent.group(1), where)
+    kv1 = _AGENT_KV1.search(stripped)
+    if kv1 is not None and _OPENSSL_KEY_LINE.search(stripped) is None:
+        return _ring(_parse_key(kv1.group(1), where, "'key'"), [])
+    return _ring(_parse_key(stripped, where, "file content"), [])
+
+
+def _read(path: Path) -> tuple[tuple[int, ...], KeyRing]:
+    try:
+        with path.open("rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise KeyFileError(path, "not a regular file")
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise KeyFileError(path, "file does not exist") from None
+    except PermissionError:
+        raise KeyFileError(path, "permission denied") from None
+    except IsADirectoryError:
+        raise KeyFileError(path, "is a directory") from None
+    except OSError as exc:
+        raise KeyFileError(path, f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise KeyFileError(path, f"file is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise KeyFileError(path, "file is not UTF-8 text") from None
+    return _signature(info), parse_key_ring(text, path)
+
+
+def _signature(info: os.stat_result) -> tuple[int, ...]:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+_cache: dict[Path, tuple[tuple[int, ...], KeyRing]] = {}
+_cache_lock = threading.Lock()
+
+
+def load_key_ring(key_file: str | os.PathLike[str] | None = None) -> KeyRing:
+    """The key ring in the key file, re-read only when the file has changed (one ``stat`` per call)."""
+    path = resolve_key_file(key_file)
+    cached = _cache.get(path)
+    if cached is not None:
+        try:
+            if _signature(os.stat(path)) == cached[0]:
+                return cached[1]
+        except OSError:
+            pass  # gone or unreadable now: _read says why
+    signature, ring = _read(path)
+    with _cache_lock:
+        _cache[path] = (signature, ring)
+    return ring
+
+
+def write_new_key_file(path: str | os.PathLike[str]) -> Path:
+    """Write a new key file holding a fresh 256-bit key from the OS's CSPRNG, mode 0600.
+
+    Refuses to overwrite an existing file. The key is never printed.
+    """
+    import secrets  # noqa: PLC0415 - only keygen needs it
+
+    target = Path(path)
+    content = json.dumps({"key": secrets.token_hex(32)}) + "\n"
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(target, "already exists; refusing to overwrite it") from None
+    except OSError as exc:
+        raise KeyFileError(target, f"cannot be created ({exc.strerror or type(exc).__name__})") from None
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        os.fchmod(handle.fileno(), 0o600)  # whatever the umask
+        handle.write(content)
+    return target
