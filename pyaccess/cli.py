@@ -126,6 +126,65 @@ def get(group_id: str, dsn: str, key_file: str | None) -> None:
 
 
 @main.command()
+@dsn_option
+@key_file_option
+def census(dsn: str, key_file: str | None) -> None:
+    """List the key ids in use, how many secrets each protects, and whether the key file reads them."""
+    from pyaccess.rotation import key_census  # noqa: PLC0415
+
+    with psycopg.connect(dsn) as conn:
+        entries = key_census(conn, key_file=key_file)
+    if not entries:
+        click.echo("no provision secrets stored")
+    for entry in entries:
+        click.echo(f"{entry.key_id}  {entry.secrets:>10} secret(s)  {entry.role}")
+    unknown = [entry for entry in entries if not entry.readable]
+    if unknown:
+        _fail(f"{sum(e.secrets for e in unknown)} secret(s) are under key ids the key file does not hold")
+
+
+@main.command()
+@dsn_option
+@key_file_option
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Rows per transaction.")
+@click.option("--dry-run", is_flag=True, help="Report what would be re-encrypted; change nothing.")
+def rotate(dsn: str, key_file: str | None, batch_size: int, dry_run: bool) -> None:
+    """Re-encrypt under the current key every secret stored under a previous key.
+
+    Batched, online, resumable after a kill, idempotent.
+    """
+    from pyaccess.rotation import rotate as run_rotation  # noqa: PLC0415
+
+    bar: Any = None
+
+    def on_start(total: int) -> None:
+        nonlocal bar
+        if total and not dry_run and sys.stderr.isatty():
+            bar = click.progressbar(length=total, label="re-encrypting", show_pos=True, file=sys.stderr)
+            bar.__enter__()
+
+    def on_batch(done: int) -> None:
+        if bar is not None:
+            bar.update(done)
+
+    with psycopg.connect(dsn) as conn:
+        try:
+            report = run_rotation(
+                conn, key_file=key_file, batch_size=batch_size, dry_run=dry_run, on_start=on_start, on_batch=on_batch
+            )
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+    verb = "would re-encrypt" if dry_run else "re-encrypted"
+    if not report.reencrypted:
+        click.echo(f"nothing to re-encrypt: every secret is under the current key {report.current_key_id}")
+        return
+    detail = ", ".join(f"{n} from {kid}" for kid, n in sorted(report.by_old_key_id.items()))
+    timing = "" if dry_run else f" in {report.seconds:.2f}s ({report.rate:.0f}/s, {report.batches} batch(es))"
+    click.echo(f"{verb} {report.reencrypted} secret(s) under key {report.current_key_id}: {detail}{timing}")
+
+
+@main.command()
 def demo() -> None:
     """Run the whole job once on a throwaway PostgreSQL (or PYACCESS_DSN)."""
     from pyaccess.demo import run_demo  # noqa: PLC0415 - keeps start-up light

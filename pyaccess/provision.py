@@ -78,6 +78,8 @@ def get_provision_secret(
     gid = _group_id(group_id)
     ring = load_key_ring(key_file)
     with translate_errors():
-        secret: str = execute_guarded(conn, queries.GET, (gid, ring.materials))
+        row = execute_guarded(conn, queries.GET, (gid, ring.materials)).fetchone()
+    assert row is not None  # a function call always returns one row
+    secret: str = row[0]
     logger.debug("read the provision secret of OTA group %s", gid)
     return secret

@@ -48,9 +48,9 @@ def _guard_session(conn: psycopg.Connection[Any]) -> None:
 
 
 def execute_guarded(
-    conn: psycopg.Connection[Any], query: LiteralString, params: tuple[Any, ...], guard: GuardMode = "once"
-) -> Any:
-    """Run ``query`` (one row, one column) on ``conn`` with the session guard in front of it."""
+    conn: psycopg.Connection[Any], query: LiteralString, params: tuple[Any, ...] = (), guard: GuardMode = "once"
+) -> psycopg.Cursor[Any]:
+    """Execute ``query`` on a server-side binding cursor, with the session guard in front of it."""
     cursor: psycopg.Cursor[Any] = psycopg.Cursor(conn)
     if guard == "once" and conn not in _guarded:
         if conn.info.transaction_status == pq.TransactionStatus.IDLE:
@@ -63,5 +63,4 @@ def execute_guarded(
             cursor.execute(query, params)
     else:
         cursor.execute(query, params)
-    row = cursor.fetchone()
-    return None if row is None else row[0]
+    return cursor
