@@ -96,9 +96,8 @@ def test_group_and_secret__are_created_in_one_transaction(conn: Conn, key_file: 
 def test_api__never_commits(conn: Conn, group: uuid.UUID, key_file: Path, db: str) -> None:
     pyaccess.store_provision_secret(conn, group, "uncommitted", key_file=key_file)
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
-    with psycopg.connect(db) as other:
-        with pytest.raises(pyaccess.SecretNotFoundError):
-            pyaccess.get_provision_secret(other, group, key_file=key_file)
+    with psycopg.connect(db) as other, pytest.raises(pyaccess.SecretNotFoundError):
+        pyaccess.get_provision_secret(other, group, key_file=key_file)
 
 
 def test_api__works_on_an_autocommit_connection(db: str, key_file: Path) -> None:
@@ -238,7 +237,7 @@ def test_key_ring__reads_under_previous_keys_and_writes_under_the_current_one(
 def test_key_file_problem__raises_key_file_error_before_any_query(conn: Conn, group: uuid.UUID, tmp_path: Path) -> None:
     broken = tmp_path / "broken.json"
     broken.write_text('{"key": "abc"}')
-    with pytest.raises(pyaccess.KeyFileError, match="broken.json"):
+    with pytest.raises(pyaccess.KeyFileError, match=r"broken\.json"):
         pyaccess.store_provision_secret(conn, group, "x", key_file=broken)
     with pytest.raises(pyaccess.InvalidKeyError):
         pyaccess.get_provision_secret(conn, group, key_file=tmp_path / "missing.json")
