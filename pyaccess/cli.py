@@ -185,6 +185,26 @@ def rotate(dsn: str, key_file: str | None, batch_size: int, dry_run: bool) -> No
 
 
 @main.command()
+@dsn_option
+@key_file_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, for machines.")
+def doctor(dsn: str, key_file: str | None, as_json: bool) -> None:
+    """Check the setup as this service's role: exit 0 when nothing would leak or fail."""
+    import json  # noqa: PLC0415
+
+    from pyaccess.doctor import run_checks  # noqa: PLC0415
+
+    checks = list(run_checks(dsn, key_file=key_file))
+    for check in checks:
+        if as_json:
+            click.echo(json.dumps(check.as_dict()))
+        else:
+            click.echo(f"{check.status:<8} {check.name:<11} {check.detail}")
+    if any(check.status == "FAIL" for check in checks):
+        sys.exit(1)
+
+
+@main.command()
 def demo() -> None:
     """Run the whole job once on a throwaway PostgreSQL (or PYACCESS_DSN)."""
     from pyaccess.demo import run_demo  # noqa: PLC0415 - keeps start-up light

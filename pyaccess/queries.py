@@ -27,3 +27,27 @@ DEMO_AT_REST: Final[LiteralString] = (
     " FROM public.ota_groups WHERE id = %s::uuid"
 )
 DEMO_DELETE_GROUP: Final[LiteralString] = "DELETE FROM public.ota_groups WHERE id = %s::uuid"
+
+# `pyaccess doctor`: read-only checks, run as the service's own role.
+DOCTOR_PGCRYPTO: Final[LiteralString] = (
+    "SELECT e.extversion, n.nspname FROM pg_catalog.pg_extension AS e"
+    " JOIN pg_catalog.pg_namespace AS n ON n.oid = e.extnamespace WHERE e.extname = 'pgcrypto'"
+)
+DOCTOR_FUNCTIONS: Final[LiteralString] = (
+    "SELECT f, pg_catalog.to_regprocedure(f) IS NOT NULL FROM pg_catalog.unnest(ARRAY["
+    "'public.store_provision_secret(uuid,text,bytea)', 'public.get_provision_secret(uuid,bytea)',"
+    " 'public.get_provision_secret(uuid,bytea[])', 'public.provision_secret_session_guard()',"
+    " 'public.provision_secret_key_census()', 'public.rewrap_provision_secrets(bytea[],uuid,integer)']) AS f"
+)
+DOCTOR_CAN_READ_MIGRATIONS: Final[LiteralString] = (
+    "SELECT pg_catalog.to_regclass('public._yoyo_migration') IS NOT NULL"
+    " AND pg_catalog.has_table_privilege('public._yoyo_migration', 'SELECT')"
+)
+DOCTOR_APPLIED: Final[LiteralString] = "SELECT migration_id FROM public._yoyo_migration"
+DOCTOR_ROLE: Final[LiteralString] = (
+    "SELECT current_user, r.rolsuper,"
+    " pg_catalog.pg_has_role('provision_secret_reader', 'USAGE'),"
+    " pg_catalog.pg_has_role('provision_secret_writer', 'USAGE'),"
+    " pg_catalog.has_column_privilege('public.ota_groups', 'provision_secret_ciphertext', 'SELECT')"
+    " FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user"
+)

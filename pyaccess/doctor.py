@@ -1,0 +1,171 @@
+"""`pyaccess doctor`: checks, as the service's own role, that nothing would leak or fail.
+
+Each check is ok, warning or FAIL. A check the role may not perform is a
+warning, not a failure. The SQL it runs is in ``queries`` like every other.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, LiteralString
+
+import psycopg
+from yoyo import read_migrations
+
+from pyaccess import queries
+from pyaccess.errors import PyAccessError, from_psycopg
+from pyaccess.keyfile import KeyRing, load_key_ring, resolve_key_file
+from pyaccess.migrate import migrations_dir
+from pyaccess.provision import KeyFilePath
+from pyaccess.rotation import key_census
+
+__all__ = ["Check", "run_checks"]
+
+Status = Literal["ok", "warning", "FAIL"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding: what was checked, its status, and what was seen (never a key or secret)."""
+
+    name: str
+    status: Status
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+Conn = psycopg.Connection[Any]
+
+
+def _one(conn: Conn, query: LiteralString, params: tuple[Any, ...] = ()) -> Any:
+    row = psycopg.Cursor(conn).execute(query, params).fetchone()
+    return None if row is None else row[0]
+
+
+def _pgcrypto(conn: Conn) -> Check:
+    row = psycopg.Cursor(conn).execute(queries.DOCTOR_PGCRYPTO).fetchone()
+    if row is None:
+        return Check("pgcrypto", "FAIL", "the pgcrypto extension is not installed in this database")
+    return Check("pgcrypto", "ok", f"pgcrypto {row[0]} in schema {row[1]}")
+
+
+def _migrations(conn: Conn) -> Check:
+    missing = [fn for fn, present in psycopg.Cursor(conn).execute(queries.DOCTOR_FUNCTIONS).fetchall() if not present]
+    if missing:
+        return Check("migrations", "FAIL", f"functions missing: {', '.join(missing)}; run pyaccess migrate")
+    if not _one(conn, queries.DOCTOR_CAN_READ_MIGRATIONS):
+        return Check("migrations", "warning", "functions present; this role may not read _yoyo_migration to check more")
+    applied = {str(row[0]) for row in psycopg.Cursor(conn).execute(queries.DOCTOR_APPLIED).fetchall()}
+    pending = [m.id for m in read_migrations(str(migrations_dir())) if m.id not in applied]
+    if pending:
+        return Check("migrations", "FAIL", f"pending: {', '.join(pending)}; run pyaccess migrate")
+    return Check("migrations", "ok", "every migration is applied")
+
+
+def _key_file(path: KeyFilePath) -> tuple[Check, KeyRing | None]:
+    resolved = resolve_key_file(path)
+    try:
+        ring = load_key_ring(resolved)
+    except PyAccessError as exc:
+        return Check("key file", "FAIL", str(exc)), None
+    mode = stat.S_IMODE(os.stat(resolved).st_mode)
+    detail = f"{resolved}: current key + {len(ring.previous)} previous (mode {mode:04o})"
+    if mode & stat.S_IROTH:
+        return Check("key file", "warning", f"{detail}: world-readable; set the agent's perms to 0400 or 0440"), ring
+    return Check("key file", "ok", detail), ring
+
+
+def _census(conn: Conn, path: KeyFilePath) -> Check:
+    entries = key_census(conn, key_file=path)
+    if not entries:
+        return Check("key census", "ok", "no secrets stored yet")
+    listing = ", ".join(f"{e.key_id}: {e.secrets} ({e.role})" for e in entries)
+    if any(not e.readable for e in entries):
+        return Check("key census", "FAIL", f"{listing}; the key file cannot read the 'unknown' ones")
+    if any(e.role == "previous" for e in entries):
+        return Check("key census", "warning", f"{listing}; run pyaccess rotate")
+    return Check("key census", "ok", listing)
+
+
+def _log_exposure(conn: Conn) -> Check:
+    exposure = _one(conn, queries.LOG_EXPOSURE) or []
+    try:
+        with conn.transaction(force_rollback=True):
+            psycopg.Cursor(conn).execute(queries.SESSION_GUARD)
+    except psycopg.Error as exc:
+        return Check("server log", "FAIL", str(from_psycopg(exc)))
+    if exposure:
+        return Check(
+            "server log", "ok", f"server logs parameters ({', '.join(exposure)}); pyaccess turns that off per session"
+        )
+    return Check("server log", "ok", "bound parameters are not logged")
+
+
+def _transport(conn: Conn) -> Check:
+    if conn.pgconn.ssl_in_use:
+        return Check("connection", "ok", "TLS")
+    host = conn.info.host
+    if host.startswith("/"):
+        return Check("connection", "ok", f"Unix socket {host}")
+    address = conn.info.hostaddr or host
+    try:
+        local = ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        local = address == "localhost"
+    if local:
+        return Check("connection", "ok", f"loopback {address}")
+    return Check("connection", "warning", f"{host}: neither local nor TLS; the key crosses the network in the clear")
+
+
+def _membership(conn: Conn) -> Check:
+    row = psycopg.Cursor(conn).execute(queries.DOCTOR_ROLE).fetchone()
+    assert row is not None  # current_user always has a pg_roles row
+    user, superuser, reader, writer, column = row
+    if superuser:
+        return Check("role", "warning", f"{user} is a superuser; run services under a member of one pyaccess role")
+    roles = [name for name, member in (("reader", reader), ("writer", writer)) if member]
+    if not roles:
+        return Check("role", "FAIL", f"{user} is a member of neither provision_secret_reader nor _writer")
+    if column:
+        return Check("role", "warning", f"{user} may SELECT the ciphertext column directly; grant columns")
+    if len(roles) == 2:
+        return Check("role", "warning", f"{user} is both reader and writer; give each service only what it needs")
+    return Check("role", "ok", f"{user} is provision_secret_{roles[0]} only")
+
+
+def _guarded(name: str, conn: Conn, check: Callable[[], Check]) -> Check:
+    try:
+        with conn.transaction(force_rollback=True):
+            return check()
+    except PyAccessError as exc:
+        status: Status = "warning" if exc.sqlstate == "42501" else "FAIL"
+        return Check(name, status, str(exc))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        return Check(name, "warning", f"this role may not check: {from_psycopg(exc)}")
+    except psycopg.Error as exc:
+        return Check(name, "FAIL", str(from_psycopg(exc)))
+
+
+def run_checks(dsn: str, *, key_file: KeyFilePath = None) -> Iterator[Check]:
+    """Run every check in order; a connection failure ends the list with a FAIL."""
+    key_check, ring = _key_file(key_file)
+    yield key_check
+    try:
+        conn = psycopg.connect(dsn, autocommit=True)
+    except psycopg.Error as exc:
+        yield Check("connection", "FAIL", str(from_psycopg(exc)))
+        return
+    with conn:
+        yield _transport(conn)
+        yield _guarded("role", conn, lambda: _membership(conn))
+        yield _guarded("pgcrypto", conn, lambda: _pgcrypto(conn))
+        yield _guarded("migrations", conn, lambda: _migrations(conn))
+        yield _log_exposure(conn)
+        if ring is not None:
+            yield _guarded("key census", conn, lambda: _census(conn, key_file))
