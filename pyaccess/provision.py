@@ -11,17 +11,18 @@ import psycopg
 
 from pyaccess import queries
 from pyaccess.errors import InvalidGroupIdError, InvalidSecretError, translate_errors
-from pyaccess.keyfile import load_key_ring
-from pyaccess.session import execute_guarded
+from pyaccess.keyfile import KeyRing, load_key_ring
+from pyaccess.session import GuardMode, execute_guarded
 
-__all__ = ["get_provision_secret", "store_provision_secret"]
+__all__ = ["KeyFilePath", "check_group_id", "check_secret", "get_provision_secret", "store_provision_secret"]
 
 logger = logging.getLogger("pyaccess")
 
 KeyFilePath = str | os.PathLike[str] | None
 
 
-def _group_id(group_id: uuid.UUID | str) -> uuid.UUID:
+def check_group_id(group_id: uuid.UUID | str) -> uuid.UUID:
+    """The group id as a UUID, or :class:`InvalidGroupIdError` before any query is sent."""
     if isinstance(group_id, uuid.UUID):
         return group_id
     if isinstance(group_id, str):
@@ -32,8 +33,8 @@ def _group_id(group_id: uuid.UUID | str) -> uuid.UUID:
     raise InvalidGroupIdError("the OTA group id is not a UUID")
 
 
-def _check_encodable(secret: str) -> None:
-    # What cannot reach the server: SQL checks the rest (NULL, empty, size).
+def check_secret(secret: str) -> str:
+    """Refuse what cannot reach the server; SQL checks the rest (NULL, empty, over 4096 bytes)."""
     if not isinstance(secret, str):
         raise InvalidSecretError("the provision secret must be a str")
     if "\x00" in secret:
@@ -42,6 +43,29 @@ def _check_encodable(secret: str) -> None:
         secret.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidSecretError("the provision secret is not valid Unicode (lone surrogate)") from None
+    return secret
+
+
+def store_with_ring(
+    conn: psycopg.Connection[Any], group_id: uuid.UUID | str, secret: str, ring: KeyRing, guard: GuardMode = "once"
+) -> None:
+    """:func:`store_provision_secret` with a key ring already loaded."""
+    gid = check_group_id(group_id)
+    with translate_errors():
+        execute_guarded(conn, queries.STORE, (gid, check_secret(secret), ring.current.material), guard)
+    logger.debug("stored the provision secret of OTA group %s", gid)
+
+
+def get_with_ring(
+    conn: psycopg.Connection[Any], group_id: uuid.UUID | str, ring: KeyRing, guard: GuardMode = "once"
+) -> str:
+    """:func:`get_provision_secret` with a key ring already loaded."""
+    gid = check_group_id(group_id)
+    with translate_errors():
+        row = execute_guarded(conn, queries.GET, (gid, ring.materials), guard).fetchone()
+    assert row is not None  # a function call always returns one row
+    logger.debug("read the provision secret of OTA group %s", gid)
+    return str(row[0])
 
 
 def store_provision_secret(
@@ -56,12 +80,7 @@ def store_provision_secret(
     Runs in the caller's transaction and never commits. Raises a
     :class:`~pyaccess.PyAccessError` subclass on any failure.
     """
-    gid = _group_id(group_id)
-    _check_encodable(secret)
-    ring = load_key_ring(key_file)
-    with translate_errors():
-        execute_guarded(conn, queries.STORE, (gid, secret, ring.current.material))
-    logger.debug("stored the provision secret of OTA group %s", gid)
+    store_with_ring(conn, group_id, secret, load_key_ring(key_file))
 
 
 def get_provision_secret(
@@ -75,11 +94,4 @@ def get_provision_secret(
     Runs in the caller's transaction and never commits. Raises a
     :class:`~pyaccess.PyAccessError` subclass on any failure.
     """
-    gid = _group_id(group_id)
-    ring = load_key_ring(key_file)
-    with translate_errors():
-        row = execute_guarded(conn, queries.GET, (gid, ring.materials)).fetchone()
-    assert row is not None  # a function call always returns one row
-    secret: str = row[0]
-    logger.debug("read the provision secret of OTA group %s", gid)
-    return secret
+    return get_with_ring(conn, group_id, load_key_ring(key_file))

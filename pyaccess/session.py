@@ -24,27 +24,50 @@ from psycopg import pq
 
 from pyaccess import queries
 
-__all__ = ["GuardMode", "execute_guarded", "forget"]
+__all__ = ["GuardMode", "execute_guarded", "execute_guarded_async", "forget", "guard_session", "guard_session_async"]
 
 GuardMode = Literal["once", "every-call"]
 
-_guarded: weakref.WeakKeyDictionary[psycopg.Connection[Any], bool] = weakref.WeakKeyDictionary()
+AnyConnection = psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
+
+_guarded: weakref.WeakKeyDictionary[AnyConnection, bool] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
-def forget(conn: psycopg.Connection[Any]) -> None:
+def _needs_pipeline(conn: AnyConnection, guard: GuardMode) -> bool | None:
+    """True: pipeline the guard with the call; False: send the call alone; None: guard the session first."""
+    if guard == "every-call":
+        return True
+    if conn in _guarded:
+        return False
+    return None if conn.info.transaction_status == pq.TransactionStatus.IDLE else True
+
+
+def _mark(conn: AnyConnection) -> None:
+    with _lock:
+        _guarded[conn] = True
+
+
+def forget(conn: AnyConnection) -> None:
     """Make the next call guard ``conn`` again (after ``RESET ALL`` or ``DISCARD ALL``)."""
     with _lock:
         _guarded.pop(conn, None)
 
 
-def _guard_session(conn: psycopg.Connection[Any]) -> None:
+def guard_session(conn: psycopg.Connection[Any]) -> None:
+    """Guard an idle connection for its whole session (a pool's ``configure`` hook may call this)."""
     # Idle, so no transaction of the caller's is open: a transaction of our
     # own holds only the guard, and its SETs then last for the session.
     with conn.transaction():
         psycopg.Cursor(conn).execute(queries.SESSION_GUARD)
-    with _lock:
-        _guarded[conn] = True
+    _mark(conn)
+
+
+async def guard_session_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    """:func:`guard_session` for an :class:`psycopg.AsyncConnection`."""
+    async with conn.transaction():
+        await psycopg.AsyncCursor(conn).execute(queries.SESSION_GUARD)
+    _mark(conn)
 
 
 def execute_guarded(
@@ -52,15 +75,30 @@ def execute_guarded(
 ) -> psycopg.Cursor[Any]:
     """Execute ``query`` on a server-side binding cursor, with the session guard in front of it."""
     cursor: psycopg.Cursor[Any] = psycopg.Cursor(conn)
-    if guard == "once" and conn not in _guarded:
-        if conn.info.transaction_status == pq.TransactionStatus.IDLE:
-            _guard_session(conn)
-        else:
-            guard = "every-call"
-    if guard == "every-call":
+    pipeline = _needs_pipeline(conn, guard)
+    if pipeline is None:
+        guard_session(conn)
+    if pipeline:
         with conn.pipeline():
             cursor.execute(queries.SESSION_GUARD)
             cursor.execute(query, params)
     else:
         cursor.execute(query, params)
+    return cursor
+
+
+async def execute_guarded_async(
+    conn: psycopg.AsyncConnection[Any], query: LiteralString, params: tuple[Any, ...] = (), guard: GuardMode = "once"
+) -> psycopg.AsyncCursor[Any]:
+    """:func:`execute_guarded` for an :class:`psycopg.AsyncConnection`."""
+    cursor: psycopg.AsyncCursor[Any] = psycopg.AsyncCursor(conn)
+    pipeline = _needs_pipeline(conn, guard)
+    if pipeline is None:
+        await guard_session_async(conn)
+    if pipeline:
+        async with conn.pipeline():
+            await cursor.execute(queries.SESSION_GUARD)
+            await cursor.execute(query, params)
+    else:
+        await cursor.execute(query, params)
     return cursor
