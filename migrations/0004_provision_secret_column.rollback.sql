@@ -1,4 +1,8 @@
 -- Refuses while any secret is stored: dropping the column would destroy them.
+-- The table is locked before counting, so that no store can commit between
+-- the count and the DROP.
+SET LOCAL lock_timeout = '5s';
+LOCK TABLE public.ota_groups IN ACCESS EXCLUSIVE MODE;
 DO $$
 DECLARE
     v_stored bigint;
@@ -11,5 +15,4 @@ BEGIN
     END IF;
 END
 $$;
-SET LOCAL lock_timeout = '5s';
 ALTER TABLE public.ota_groups DROP COLUMN IF EXISTS provision_secret_ciphertext;

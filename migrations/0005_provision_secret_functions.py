@@ -44,6 +44,9 @@ def uninstall(conn):
     # Refuse here too, not only in 0004: yoyo rolls each step back in its own
     # transaction, and a service left without its functions is an outage.
     cursor = conn.cursor()
+    # SHARE mode: no store can commit between the count and the DROPs.
+    cursor.execute("SET LOCAL lock_timeout = '5s'")
+    cursor.execute("LOCK TABLE public.ota_groups IN SHARE MODE")
     cursor.execute("SELECT pg_catalog.count(*) FROM public.ota_groups WHERE provision_secret_ciphertext IS NOT NULL")
     (stored,) = cursor.fetchone()
     if stored:

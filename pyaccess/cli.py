@@ -26,6 +26,12 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            if "unexpected extra argument" in exc.message:
+                # click would quote them: a secret typed into argv by mistake.
+                message = "unexpected extra argument(s), not shown; secrets are read from standard input only"
+                raise click.UsageError(message, exc.ctx) from None
+            raise
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except PyAccessError as exc:

@@ -38,7 +38,8 @@ MAX_FILE_BYTES: Final = 64 * 1024
 
 _HEX_KEY = re.compile(r"[0-9A-Fa-f]{64}")
 _OPENSSL_KEY_LINE = re.compile(r"^\s*key\s*=\s*(\S*)\s*$", re.MULTILINE)
-_AGENT_MAP = re.compile(r"^\s*data:\s*map\[(.*)\]\s*$", re.MULTILINE | re.DOTALL)
+# Lazy: the map ends at the first "]" that ends a line, before the agent's "metadata: map[...]".
+_AGENT_MAP = re.compile(r"^\s*data:\s*map\[(.*?)\]\s*$", re.MULTILINE | re.DOTALL)
 _AGENT_KV1 = re.compile(r"^\s*key:\s*(.*?)\s*$", re.MULTILINE)
 
 
@@ -155,11 +156,8 @@ def parse_key_ring(text: str, path: str | os.PathLike[str] = "<key file>") -> Ke
 
 def _read(path: Path) -> tuple[tuple[int, ...], KeyRing]:
     try:
-        with path.open("rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise KeyFileError(path, "not a regular file")
-            raw = handle.read(MAX_FILE_BYTES + 1)
+        # O_NONBLOCK: a FIFO in place of the file must not hang the service.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise KeyFileError(path, "file does not exist") from None
     except PermissionError:
@@ -168,6 +166,15 @@ def _read(path: Path) -> tuple[tuple[int, ...], KeyRing]:
         raise KeyFileError(path, "is a directory") from None
     except OSError as exc:
         raise KeyFileError(path, f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise KeyFileError(path, "is a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise KeyFileError(path, f"cannot be read ({exc.strerror or type(exc).__name__})") from None
     if len(raw) > MAX_FILE_BYTES:
         raise KeyFileError(path, f"file is larger than {MAX_FILE_BYTES} bytes")
     try:

@@ -21,7 +21,8 @@
 -- Private helpers (no EXECUTE for anyone but the owner)
 -- =====================================================================
 
--- Raises PA001 unless p_keys holds at least one key and every key is 32 bytes.
+-- Raises PA001 unless p_keys is a one-dimensional array from index 1 with at
+-- least one key, and every key is 32 bytes.
 CREATE OR REPLACE FUNCTION public._provision_secret_check_keys(p_keys bytea[])
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
@@ -32,6 +33,9 @@ DECLARE
 BEGIN
     IF p_keys IS NULL OR pg_catalog.cardinality(p_keys) = 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'PA001', MESSAGE = 'no key given';
+    END IF;
+    IF pg_catalog.array_ndims(p_keys) <> 1 OR pg_catalog.array_lower(p_keys, 1) <> 1 THEN
+        RAISE EXCEPTION USING ERRCODE = 'PA001', MESSAGE = 'the keys must be a one-dimensional array starting at 1';
     END IF;
     FOREACH v_key IN ARRAY p_keys LOOP
         IF v_key IS NULL OR pg_catalog.octet_length(v_key) <> 32 THEN
@@ -291,6 +295,9 @@ DECLARE
     v_key_id bytea;
 BEGIN
     PERFORM public._provision_secret_check_keys(p_keys);
+    IF p_limit IS NULL OR p_limit < 1 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'batch_size must be at least 1';
+    END IF;
     v_key_id := public._provision_secret_key_id(p_keys[1]);
     RETURN QUERY
     WITH todo AS (
