@@ -14,7 +14,7 @@ import psycopg
 
 import pyaccess
 from pyaccess.errors import InvalidSecretError, PyAccessError, from_psycopg
-from pyaccess.keyfile import write_new_key_file
+from pyaccess.keyfile import utf8_or_none, write_new_key_file
 from pyaccess.migrate import apply_migrations
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -99,10 +99,9 @@ def _read_secret() -> str:
     if sys.stdin is not None and sys.stdin.isatty():
         return str(click.prompt("Provision secret", hide_input=True, err=True))
     raw = sys.stdin.buffer.read(64 * 1024) if sys.stdin is not None else b""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidSecretError("standard input is not UTF-8 text") from None
+    text = utf8_or_none(raw)
+    if text is None:
+        raise InvalidSecretError("standard input is not UTF-8 text")
     if text.endswith("\r\n"):
         return text[:-2]
     return text.removesuffix("\n")
@@ -200,13 +199,14 @@ def doctor(dsn: str, key_file: str | None, as_json: bool) -> None:
 
     from pyaccess.doctor import run_checks  # noqa: PLC0415
 
-    checks = list(run_checks(dsn, key_file=key_file))
-    for check in checks:
+    failed = False
+    for check in run_checks(dsn, key_file=key_file):  # printed as they finish
+        failed = failed or check.status == "FAIL"
         if as_json:
             click.echo(json.dumps(check.as_dict()))
         else:
             click.echo(f"{check.status:<8} {check.name:<11} {check.detail}")
-    if any(check.status == "FAIL" for check in checks):
+    if failed:
         sys.exit(1)
 
 

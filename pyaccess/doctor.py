@@ -96,8 +96,10 @@ def _census(conn: Conn, path: KeyFilePath) -> Check:
 def _log_exposure(conn: Conn) -> Check:
     exposure = _one(conn, queries.LOG_EXPOSURE) or []
     try:
-        with conn.transaction(force_rollback=True):
+        with conn.transaction():  # a savepoint in _guarded's transaction: the guard's SETs are undone
             psycopg.Cursor(conn).execute(queries.SESSION_GUARD)
+    except psycopg.errors.InsufficientPrivilege:
+        raise
     except psycopg.Error as exc:
         return Check("server log", "FAIL", str(from_psycopg(exc)))
     if exposure:
@@ -166,6 +168,6 @@ def run_checks(dsn: str, *, key_file: KeyFilePath = None) -> Iterator[Check]:
         yield _guarded("role", conn, lambda: _membership(conn))
         yield _guarded("pgcrypto", conn, lambda: _pgcrypto(conn))
         yield _guarded("migrations", conn, lambda: _migrations(conn))
-        yield _log_exposure(conn)
+        yield _guarded("server log", conn, lambda: _log_exposure(conn))
         if ring is not None:
             yield _guarded("key census", conn, lambda: _census(conn, key_file))

@@ -133,6 +133,26 @@ def _parse_agent_map(body: str, path: Path) -> KeyRing:
     return _ring(_parse_key(match.group(1), path, "'key'"), previous)
 
 
+_INVALID = object()
+
+
+def _json(text: str) -> object:
+    """The parsed JSON, or ``_INVALID``: the caller raises outside any except block,
+    so no JSONDecodeError (whose .doc is the whole file) stays attached as __context__."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return _INVALID
+
+
+def utf8_or_none(raw: bytes) -> str | None:
+    """``raw`` decoded, or None: no UnicodeDecodeError (which holds the bytes) for a caller to keep."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def parse_key_ring(text: str, path: str | os.PathLike[str] = "<key file>") -> KeyRing:
     """Parse a key file's content; raise :class:`KeyFileError` naming ``path`` and the reason."""
     where = Path(path)
@@ -140,10 +160,9 @@ def parse_key_ring(text: str, path: str | os.PathLike[str] = "<key file>") -> Ke
     if not stripped:
         raise KeyFileError(where, "file is empty")
     if stripped.startswith(("{", "[", '"')):
-        try:
-            data = json.loads(stripped)
-        except ValueError:
-            raise KeyFileError(where, "file is not valid JSON") from None
+        data = _json(stripped)
+        if data is _INVALID:
+            raise KeyFileError(where, "file is not valid JSON")
         return _parse_json(data, where)
     agent = _AGENT_MAP.search(stripped)
     if agent is not None:
@@ -177,10 +196,9 @@ def _read(path: Path) -> tuple[tuple[int, ...], KeyRing]:
             raise KeyFileError(path, f"cannot be read ({exc.strerror or type(exc).__name__})") from None
     if len(raw) > MAX_FILE_BYTES:
         raise KeyFileError(path, f"file is larger than {MAX_FILE_BYTES} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise KeyFileError(path, "file is not UTF-8 text") from None
+    text = utf8_or_none(raw)
+    if text is None:
+        raise KeyFileError(path, "file is not UTF-8 text")
     return _signature(info), parse_key_ring(text, path)
 
 

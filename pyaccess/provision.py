@@ -39,10 +39,9 @@ def check_secret(secret: str) -> str:
         raise InvalidSecretError("the provision secret must be a str")
     if "\x00" in secret:
         raise InvalidSecretError("the provision secret contains a NUL character, which PostgreSQL text cannot hold")
-    try:
-        secret.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidSecretError("the provision secret is not valid Unicode (lone surrogate)") from None
+    # Not secret.encode() in a try: its UnicodeEncodeError, kept as __context__, would carry the secret.
+    if any("\ud800" <= char <= "\udfff" for char in secret):
+        raise InvalidSecretError("the provision secret is not valid Unicode (lone surrogate)")
     return secret
 
 

@@ -2,20 +2,26 @@
 
 The logic lives in SQL (``sql/provision_secret.sql``); these are the calls.
 Keys are bound as binary ``bytea`` parameters (``%b``) on a server-side
-binding cursor: they never appear in query text.
+binding cursor: they never appear in query text. Every name is
+schema-qualified, casts included: a type looked up through the session's
+search_path could be an attacker's domain whose CHECK sees the key.
 """
 
 from typing import Final, LiteralString
 
-STORE: Final[LiteralString] = "SELECT public.store_provision_secret(%s::uuid, %s::text, %b::bytea)"
-GET: Final[LiteralString] = "SELECT public.get_provision_secret(%s::uuid, %b::bytea[])"
+STORE: Final[LiteralString] = (
+    "SELECT public.store_provision_secret(%s::pg_catalog.uuid, %s::pg_catalog.text, %b::pg_catalog.bytea)"
+)
+GET: Final[LiteralString] = "SELECT public.get_provision_secret(%s::pg_catalog.uuid, %b::pg_catalog.bytea[])"
 SESSION_GUARD: Final[LiteralString] = "SELECT public.provision_secret_session_guard()"
 KEY_CENSUS: Final[LiteralString] = "SELECT key_id, secrets FROM public.provision_secret_key_census()"
 KEY_IDS: Final[LiteralString] = (
-    "SELECT public.provision_secret_key_id(k) FROM pg_catalog.unnest(%b::bytea[]) WITH ORDINALITY AS r(k, n) ORDER BY n"
+    "SELECT public.provision_secret_key_id(k)"
+    " FROM pg_catalog.unnest(%b::pg_catalog.bytea[]) WITH ORDINALITY AS r(k, n) ORDER BY n"
 )
 REWRAP: Final[LiteralString] = (
-    "SELECT group_id, old_key_id FROM public.rewrap_provision_secrets(%b::bytea[], %s::uuid, %s::integer)"
+    "SELECT group_id, old_key_id"
+    " FROM public.rewrap_provision_secrets(%b::pg_catalog.bytea[], %s::pg_catalog.uuid, %s::pg_catalog.int4)"
 )
 LOG_EXPOSURE: Final[LiteralString] = "SELECT public.provision_secret_log_exposure()"
 
@@ -24,9 +30,9 @@ DEMO_CREATE_GROUP: Final[LiteralString] = "INSERT INTO public.ota_groups (name) 
 DEMO_AT_REST: Final[LiteralString] = (
     "SELECT pg_catalog.encode(provision_secret_ciphertext, 'hex'),"
     " pg_catalog.encode(pg_catalog.substr(provision_secret_ciphertext, 2, 8), 'hex')"
-    " FROM public.ota_groups WHERE id = %s::uuid"
+    " FROM public.ota_groups WHERE id = %s::pg_catalog.uuid"
 )
-DEMO_DELETE_GROUP: Final[LiteralString] = "DELETE FROM public.ota_groups WHERE id = %s::uuid"
+DEMO_DELETE_GROUP: Final[LiteralString] = "DELETE FROM public.ota_groups WHERE id = %s::pg_catalog.uuid"
 
 # `pyaccess doctor`: read-only checks, run as the service's own role.
 DOCTOR_PGCRYPTO: Final[LiteralString] = (

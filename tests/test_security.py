@@ -1,0 +1,1200 @@
+"""Security, tested the way it breaks: privileges, search_path tricks, the server log, careless callers.
+
+Everything runs against real PostgreSQL through real login roles, never a
+mock. The privilege matrix, the search_path attack and ``pyaccess doctor`` on
+a clean setup use the suite's server; the log canary and the leaky-server
+doctor use a throwaway cluster of their own that logs every statement with
+its parameters (``@pytest.mark.cluster``).
+
+A leak check never prints what it looks for: a failure names the canary,
+not its value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner, Result
+from psycopg import pq, sql
+
+import pyaccess
+from pyaccess import session
+from pyaccess.cli import main
+from pyaccess.cluster import LocalCluster, throwaway_cluster
+from pyaccess.keyfile import write_new_key_file
+from pyaccess.migrate import apply_migrations
+from pyaccess.rotation import key_census, rotate
+from tests.conftest import new_group, user_dsn
+
+Conn = psycopg.Connection[Any]
+
+WRITER = "provision_secret_writer"
+READER = "provision_secret_reader"
+MEMBERSHIPS: dict[str, tuple[str, ...]] = {
+    "writer": (WRITER,),
+    "reader": (READER,),
+    "both": (WRITER, READER),
+    "neither": (),
+}
+ROLE_PASSWORD = f"pw-{uuid.uuid4().hex}"  # ignored under trust auth, used under password auth
+LOG_SETTINGS = {
+    "log_statement": "all",
+    "log_min_duration_statement": "0",
+    "log_parameter_max_length_on_error": "-1",
+    "logging_collector": "off",
+}
+ENV_VARS = ("PYACCESS_DSN", "PYACCESS_KEY_FILE")
+
+
+# =========================================================================== helpers
+
+
+def canary(label: str) -> str:
+    """A unique, quote-free string that cannot appear anywhere by chance."""
+    return f"canary-{label}-{uuid.uuid4().hex}"
+
+
+def key_hex(key_file: Path) -> str:
+    value = json.loads(Path(key_file).read_text())["key"]
+    assert isinstance(value, str)
+    return value.lower()
+
+
+def _bytea_escape(material: bytes) -> str:
+    """A bytea as PostgreSQL prints it with ``bytea_output = escape``."""
+    return "".join("\\\\" if b == 0x5C else chr(b) if 0x20 <= b < 0x7F else f"\\{b:03o}" for b in material)
+
+
+@dataclass(frozen=True)
+class Canaries:
+    """Keys (64 hex digits) and secrets that must never show up in some text."""
+
+    keys: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = ()
+
+    def found_in(self, text: str) -> list[str]:
+        """What leaked, by label only: a failing assertion must not print the key itself."""
+        lowered = text.lower()
+        found: list[str] = []
+        for i, hexkey in enumerate(self.keys):
+            material = bytes.fromhex(hexkey)
+            forms = {
+                "hex (any case)": hexkey in lowered,
+                "truncated hex": hexkey[:24] in lowered or hexkey[-24:] in lowered,
+                "\\x bytea form": "\\x" + hexkey in lowered,
+                "bytea escape form": _bytea_escape(material) in text,
+                "Python bytes repr": repr(material)[2:-1] in text,
+                "base64": base64.b64encode(material).decode() in text,
+            }
+            found += [f"key #{i} as {form}" for form, present in forms.items() if present]
+        found += [f"secret #{i} ({s[:14]}...)" for i, s in enumerate(self.secrets) if s in text]
+        return found
+
+    def __add__(self, other: Canaries) -> Canaries:
+        return Canaries(self.keys + other.keys, self.secrets + other.secrets)
+
+
+def exception_texts(exc: BaseException) -> str:
+    """Everything a careless caller might print or log about an exception, causes included."""
+    texts = ["".join(traceback.format_exception(exc))]
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts += [str(current), repr(current), *(repr(arg) for arg in current.args)]
+        if isinstance(current, psycopg.Error):
+            diag = current.diag
+            texts += [
+                str(value)
+                for value in (
+                    diag.message_primary,
+                    diag.message_detail,
+                    diag.message_hint,
+                    diag.context,
+                    diag.internal_query,
+                )
+                if value
+            ]
+        # the chain as a traceback shows it: the cause, else the context unless suppressed (raise ... from None)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return "\n".join(texts)
+
+
+def assert_clean(exc: BaseException, canaries: Canaries) -> None:
+    leaks = canaries.found_in(exception_texts(exc))
+    assert not leaks, f"{type(exc).__name__} carries {leaks}"
+
+
+@contextmanager
+def raises_clean(exc_type: type[BaseException], canaries: Canaries) -> Iterator[None]:
+    """``pytest.raises`` that also checks the exception (and its causes) carry no canary."""
+    with pytest.raises(exc_type) as info:
+        yield
+    assert_clean(info.value, canaries)
+
+
+def connect_as(dsn: str, role: str, *, autocommit: bool = True) -> Conn:
+    return psycopg.connect(user_dsn(dsn, role, ROLE_PASSWORD), autocommit=autocommit)
+
+
+def create_login_role(admin: Conn, name: str, groups: Sequence[str]) -> None:
+    ident = sql.Identifier(name)
+    admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(ident, sql.Literal(ROLE_PASSWORD)))
+    for group in groups:
+        admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), ident))
+
+
+def invoke(args: Sequence[str], input: str | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), input=input, env=dict.fromkeys(ENV_VARS))
+
+
+def run_cli(args: Sequence[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """The real command line in a process of its own."""
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    script = Path(sys.executable).with_name("pyaccess")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "pyaccess.cli"]
+    return subprocess.run(
+        [*command, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def doctor_json(dsn: str, key_file: Path) -> tuple[int, dict[str, dict[str, str]]]:
+    """``pyaccess doctor --json``: the exit status and the checks by name (each line one JSON object)."""
+    result = invoke(["doctor", "--json", "--dsn", dsn, "--key-file", str(key_file)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    checks: dict[str, dict[str, str]] = {}
+    for line in result.stdout.splitlines():
+        check = json.loads(line)
+        assert isinstance(check, dict), line
+        assert set(check) == {"name", "status", "detail"}, line
+        assert check["status"] in {"ok", "warning", "FAIL"}, line
+        assert all(isinstance(value, str) for value in check.values()), line
+        checks[check["name"]] = check
+    assert checks, result.output
+    return result.exit_code, checks
+
+
+@pytest.fixture
+def login_role(db: str) -> Iterator[Callable[..., str]]:
+    """Creates login roles (cluster-wide: unique names, dropped afterwards) that are members of the given groups."""
+    created: list[str] = []
+
+    def make(*groups: str, prefix: str = "pyaccess_sec") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        created.append(name)
+        with psycopg.connect(db, autocommit=True) as admin:
+            create_login_role(admin, name, groups)
+        return name
+
+    yield make
+    with psycopg.connect(db, autocommit=True) as admin:
+        rows = admin.execute("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)", (created,)).fetchall()
+        for (name,) in rows:
+            ident = sql.Identifier(name)
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+            admin.execute(sql.SQL("DROP ROLE {}").format(ident))
+
+
+def owner_read(dsn: str, group_id: uuid.UUID, key_file: Path) -> str:
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        return pyaccess.get_provision_secret(admin, group_id, key_file=key_file)
+
+
+# =========================================================================== the privilege matrix
+
+
+def test_group_roles__have_no_privilege_on_the_table_or_the_ciphertext(conn: Conn) -> None:
+    """The catalog view: neither group role nor PUBLIC may touch ota_groups; only functions reach the column."""
+    table_privileges = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+    column_privileges = ("SELECT", "INSERT", "UPDATE", "REFERENCES")
+    for role in (WRITER, READER, "public"):
+        for privilege in table_privileges:
+            row = conn.execute(
+                "SELECT pg_catalog.has_table_privilege(%s, 'public.ota_groups', %s)", (role, privilege)
+            ).fetchone()
+            assert row == (False,), f"{role} has {privilege} on ota_groups"
+        for privilege in column_privileges:
+            row = conn.execute(
+                "SELECT pg_catalog.has_column_privilege(%s, 'public.ota_groups', 'provision_secret_ciphertext', %s)",
+                (role, privilege),
+            ).fetchone()
+            assert row == (False,), f"{role} has {privilege} on the ciphertext"
+    row = conn.execute(
+        "SELECT pg_catalog.bool_or(rolcanlogin OR rolsuper OR rolbypassrls OR rolcreaterole OR rolcreatedb),"
+        " pg_catalog.count(*) FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)",
+        ([WRITER, READER],),
+    ).fetchone()
+    assert row == (False, 2)
+    row = conn.execute(
+        "SELECT pg_catalog.pg_get_userbyid(relowner) FROM pg_catalog.pg_class WHERE oid = 'public.ota_groups'::regclass"
+    ).fetchone()
+    assert row is not None
+    assert row[0] not in (WRITER, READER)
+
+
+# Direct access to the encrypted column and to the private helpers: no login role gets any.
+DIRECT_ACCESS = (
+    "SELECT provision_secret_ciphertext FROM public.ota_groups",
+    "SELECT * FROM public.ota_groups",
+    "SELECT g FROM public.ota_groups AS g",
+    "SELECT pg_catalog.count(*) FROM public.ota_groups WHERE provision_secret_ciphertext IS NOT NULL",
+    "UPDATE public.ota_groups SET provision_secret_ciphertext = NULL",
+    "DELETE FROM public.ota_groups",
+    "SELECT public._provision_secret_open(gen_random_uuid(), '\\x00'::bytea, ARRAY['\\x00'::bytea])",
+    "SELECT public._provision_secret_seal(gen_random_uuid(), '\\x00'::bytea, '\\x00'::bytea, '\\x00'::bytea)",
+    "SELECT public._provision_secret_key_id('\\x00'::bytea)",
+    "SELECT public._provision_secret_check_keys(ARRAY['\\x00'::bytea])",
+)
+
+
+def copy_out(conn: Conn, statement: str) -> list[bytes]:
+    with conn.cursor().copy(statement) as copy:
+        return [bytes(block) for block in copy]
+
+
+@pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit", "in-transaction"])
+@pytest.mark.parametrize("membership", list(MEMBERSHIPS))
+def test_privilege_matrix__through_real_login_roles(
+    db: str, conn: Conn, login_role: Callable[..., str], key_file: Path, *, membership: str, autocommit: bool
+) -> None:
+    groups = MEMBERSHIPS[membership]
+    may_store, may_read = WRITER in groups, READER in groups
+    owner_secret, role_secret = canary("owner-secret"), canary("role-secret")
+    canaries = Canaries((key_hex(key_file),), (owner_secret, role_secret))
+    gid = new_group(conn)
+    pyaccess.store_provision_secret(conn, gid, owner_secret, key_file=key_file)
+    conn.commit()
+    role = login_role(*groups)
+
+    with connect_as(db, role, autocommit=autocommit) as rc:
+        if not autocommit:
+            rc.execute("SELECT 1")  # the caller's transaction is open: the guard rides in the pipeline
+        if may_store:
+            pyaccess.store_provision_secret(rc, gid, role_secret, key_file=key_file)
+        else:
+            with raises_clean(pyaccess.AccessDeniedError, canaries):
+                pyaccess.store_provision_secret(rc, gid, role_secret, key_file=key_file)
+            rc.rollback()
+        if not autocommit:
+            rc.commit()
+            rc.execute("SELECT 1")
+        expected = role_secret if may_store else owner_secret
+        if may_read:
+            assert pyaccess.get_provision_secret(rc, gid, key_file=key_file) == expected
+        else:
+            with raises_clean(pyaccess.AccessDeniedError, canaries):
+                pyaccess.get_provision_secret(rc, gid, key_file=key_file)
+        rc.rollback()
+        # The same, in plain SQL: the functions themselves are what is granted.
+        material = bytes.fromhex(key_hex(key_file))
+        calls = {
+            "store": ("SELECT public.store_provision_secret(%s, %s, %b)", (gid, role_secret, material), may_store),
+            "get": ("SELECT public.get_provision_secret(%s, %b)", (gid, material), may_read),
+            "get ring": ("SELECT public.get_provision_secret(%s, %b::bytea[])", (gid, [material]), may_read),
+            "rewrap": ("SELECT * FROM public.rewrap_provision_secrets(%b::bytea[])", ([material],), may_store),
+            "census": ("SELECT * FROM public.provision_secret_key_census()", (), may_read or may_store),
+            "key id": ("SELECT public.provision_secret_key_id(%b)", (material,), may_read or may_store),
+        }
+        for name, (query, params, allowed) in calls.items():
+            if allowed:
+                rc.execute(query, params).fetchall()
+            else:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    rc.execute(query, params)
+                rc.rollback()
+            assert rc.info.transaction_status != pq.TransactionStatus.INERROR, name
+        rc.rollback()
+        for query in DIRECT_ACCESS:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                rc.execute(query)
+            rc.rollback()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            copy_out(rc, "COPY public.ota_groups (provision_secret_ciphertext) TO STDOUT")
+        rc.rollback()
+
+    assert owner_read(db, gid, key_file) == expected
+
+
+def test_column_grants_on_other_columns__still_hide_the_ciphertext(
+    db: str, conn: Conn, login_role: Callable[..., str], key_file: Path
+) -> None:
+    """A service that needs id and name gets column privileges: the ciphertext stays out of reach."""
+    gid = new_group(conn)
+    pyaccess.store_provision_secret(conn, gid, canary("secret"), key_file=key_file)
+    conn.commit()
+    role = login_role(READER)
+    conn.execute(sql.SQL("GRANT SELECT (id, name, created_at) ON public.ota_groups TO {}").format(sql.Identifier(role)))
+    conn.commit()
+    with connect_as(db, role) as rc:
+        assert rc.execute("SELECT id, name FROM public.ota_groups WHERE id = %s", (gid,)).fetchone() is not None
+        for query in DIRECT_ACCESS[:4]:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                rc.execute(query)
+    exit_code, checks = doctor_json(user_dsn(db, role, ROLE_PASSWORD), key_file)
+    assert checks["role"]["status"] == "ok", checks["role"]
+    assert exit_code == 0, checks
+
+
+def test_table_level_select_granted_by_a_dba__reads_the_ciphertext_and_doctor_warns(
+    db: str, conn: Conn, login_role: Callable[..., str], key_file: Path
+) -> None:
+    """Documented, not hidden: a table-level SELECT includes the column (useless without the key)."""
+    secret = canary("secret")
+    gid = new_group(conn)
+    pyaccess.store_provision_secret(conn, gid, secret, key_file=key_file)
+    conn.commit()
+    role = login_role(READER)
+    conn.execute(sql.SQL("GRANT SELECT ON public.ota_groups TO {}").format(sql.Identifier(role)))
+    conn.commit()
+    with connect_as(db, role) as rc:
+        row = rc.execute("SELECT provision_secret_ciphertext FROM public.ota_groups WHERE id = %s", (gid,)).fetchone()
+    assert row is not None
+    assert isinstance(row[0], bytes)
+    assert secret.encode() not in row[0]
+    _, checks = doctor_json(user_dsn(db, role, ROLE_PASSWORD), key_file)
+    assert checks["role"]["status"] == "warning"
+    assert "ciphertext" in checks["role"]["detail"]
+
+
+# =========================================================================== the search_path attack
+
+# The attacker's look-alikes: (name, argument types, result type, what it hands over to).
+# Each records that it ran, as whom, and what it saw, both in evil.calls and as a
+# WARNING (which reaches the client even when the statement is rolled back).
+LOOKALIKES: tuple[tuple[str, str, str, str], ...] = (
+    ("hmac", "bytea, bytea, text", "bytea", "@ext@.hmac($1, $2, $3)"),
+    ("hmac", "text, text, text", "bytea", "@ext@.hmac($1, $2, $3)"),
+    ("encrypt_iv", "bytea, bytea, bytea, text", "bytea", "@ext@.encrypt_iv($1, $2, $3, $4)"),
+    ("decrypt_iv", "bytea, bytea, bytea, text", "bytea", "@ext@.decrypt_iv($1, $2, $3, $4)"),
+    ("digest", "bytea, text", "bytea", "@ext@.digest($1, $2)"),
+    ("digest", "text, text", "bytea", "@ext@.digest($1, $2)"),
+    ("gen_random_bytes", "integer", "bytea", "@ext@.gen_random_bytes($1)"),
+    ("convert_from", "bytea, name", "text", "pg_catalog.convert_from($1, $2)"),
+    ("convert_to", "text, name", "bytea", "pg_catalog.convert_to($1, $2)"),
+    ("substr", "bytea, integer, integer", "bytea", "pg_catalog.substr($1, $2, $3)"),
+    ("substr", "bytea, integer", "bytea", "pg_catalog.substr($1, $2)"),
+    ("encode", "bytea, text", "text", "pg_catalog.encode($1, $2)"),
+    ("decode", "text, text", "bytea", "pg_catalog.decode($1, $2)"),
+    ("octet_length", "bytea", "integer", "pg_catalog.octet_length($1)"),
+    ("octet_length", "text", "integer", "pg_catalog.octet_length($1)"),
+    ("uuid_send", "uuid", "bytea", "pg_catalog.uuid_send($1)"),
+    ("get_byte", "bytea, integer", "integer", "pg_catalog.get_byte($1, $2)"),
+    ("set_config", "text, text, boolean", "text", "pg_catalog.set_config($1, $2, $3)"),
+    ("current_setting", "text", "text", "pg_catalog.current_setting($1)"),
+    ("current_setting", "text, boolean", "text", "pg_catalog.current_setting($1, $2)"),
+    ("has_parameter_privilege", "text, text", "boolean", "pg_catalog.has_parameter_privilege($1, $2)"),
+    ("format", "text, uuid", "text", "pg_catalog.format($1, $2)"),
+    ("format", "text, uuid, text, text", "text", "pg_catalog.format($1, $2, $3, $4)"),
+    ("format", "text, text", "text", "pg_catalog.format($1, $2)"),
+    ("array_to_string", "text[], text", "text", "pg_catalog.array_to_string($1, $2)"),
+    ("cardinality", "bytea[]", "integer", "pg_catalog.cardinality($1)"),
+    ("cardinality", "text[]", "integer", "pg_catalog.cardinality($1)"),
+    ("array_length", "bytea[], integer", "integer", "pg_catalog.array_length($1, $2)"),
+    ("count", "bytea", "bigint", "1"),
+    # the functions behind the planted operators below
+    ("op_byteacat", "bytea, bytea", "bytea", "pg_catalog.byteacat($1, $2)"),
+    ("op_byteaeq", "bytea, bytea", "boolean", "pg_catalog.byteaeq($1, $2)"),
+    ("op_byteane", "bytea, bytea", "boolean", "false"),  # would make every tag check pass
+    ("op_textcat", "text, text", "text", "pg_catalog.textcat($1, $2)"),
+    ("op_texteq", "text, text", "boolean", "pg_catalog.texteq($1, $2)"),
+    ("op_textarraycat", "text[], text", "text[]", "pg_catalog.array_append($1, $2)"),
+    ("op_int4ne", "integer, integer", "boolean", "pg_catalog.int4ne($1, $2)"),
+    ("op_int4lt", "integer, integer", "boolean", "pg_catalog.int4lt($1, $2)"),
+    ("op_int4ge", "integer, integer", "boolean", "pg_catalog.int4ge($1, $2)"),
+    ("op_int4mod", "integer, integer", "integer", "pg_catalog.int4mod($1, $2)"),
+    ("op_int4mi", "integer, integer", "integer", "pg_catalog.int4mi($1, $2)"),
+    ("op_float8gt", "double precision, double precision", "boolean", "pg_catalog.float8gt($1, $2)"),
+)
+OPERATORS: tuple[tuple[str, str, str, str], ...] = (
+    ("||", "bytea", "bytea", "op_byteacat"),
+    ("=", "bytea", "bytea", "op_byteaeq"),
+    ("<>", "bytea", "bytea", "op_byteane"),
+    ("||", "text", "text", "op_textcat"),
+    ("=", "text", "text", "op_texteq"),
+    ("||", "text[]", "text", "op_textarraycat"),
+    ("<>", "integer", "integer", "op_int4ne"),
+    ("<", "integer", "integer", "op_int4lt"),
+    (">=", "integer", "integer", "op_int4ge"),
+    ("%", "integer", "integer", "op_int4mod"),
+    ("-", "integer", "integer", "op_int4mi"),
+    (">", "double precision", "double precision", "op_float8gt"),
+)
+
+PLANT_SCHEMA = """
+CREATE SCHEMA evil;
+GRANT USAGE ON SCHEMA evil TO PUBLIC;
+CREATE TABLE evil.calls (name text, who text, loot text);
+GRANT INSERT, SELECT ON evil.calls TO PUBLIC;
+CREATE FUNCTION evil.rec(p_name text, p_loot text) RETURNS void LANGUAGE plpgsql AS $f$
+BEGIN
+    INSERT INTO evil.calls VALUES (p_name, current_user, p_loot);
+    RAISE WARNING 'evil ran: %', p_name;
+END
+$f$;
+"""
+
+# One plpgsql look-alike per row: record, then hand over to the real thing.
+PLANT_FUNCTION = """
+DO $do$
+DECLARE
+    v_ext text := (SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension AS e
+                   JOIN pg_catalog.pg_namespace AS n ON n.oid = e.extnamespace WHERE e.extname = 'pgcrypto');
+    v_args text := {args};
+    v_dollars text;
+BEGIN
+    SELECT pg_catalog.string_agg('$' || i, ', ') INTO v_dollars
+      FROM pg_catalog.generate_series(1, pg_catalog.array_length(pg_catalog.string_to_array(v_args, ','), 1)) AS i;
+    EXECUTE pg_catalog.format(
+        'CREATE FUNCTION %s.%I(%s) RETURNS %s LANGUAGE plpgsql AS %L',
+        {schema}, {name}, v_args, {returns},
+        pg_catalog.format('BEGIN PERFORM evil.rec(%L, pg_catalog.concat_ws('' '', %s)); RETURN %s; END',
+                          {schema} || '.' || {name} || '(' || v_args || ')', v_dollars,
+                          pg_catalog.replace({body}, '@ext@', v_ext)));
+END
+$do$
+"""
+
+
+def plant_function(conn: Conn, schema: str, lookalike: tuple[str, str, str, str]) -> None:
+    values = dict(zip(("name", "args", "returns", "body"), lookalike, strict=True), schema=schema)
+    conn.execute(sql.SQL(PLANT_FUNCTION).format(**{k: sql.Literal(v) for k, v in values.items()}))
+
+
+def plant_lookalikes(attacker: Conn, schema: str = "evil") -> None:
+    for lookalike in LOOKALIKES:
+        plant_function(attacker, schema, lookalike)
+    for op, left, right, function in OPERATORS:
+        attacker.execute(
+            sql.SQL("CREATE OPERATOR evil.{} (LEFTARG = {}, RIGHTARG = {}, FUNCTION = evil.{})").format(
+                sql.SQL(op), sql.SQL(left), sql.SQL(right), sql.Identifier(function)
+            )
+        )
+
+
+def plant_in_pg_temp(attacker: Conn, group_id: uuid.UUID) -> None:
+    """Session-local decoys: a temp ota_groups shadowing the real one, and temp look-alikes."""
+    attacker.execute(
+        "CREATE TEMP TABLE ota_groups (id uuid PRIMARY KEY, name text, created_at timestamptz,"
+        " provision_secret_ciphertext bytea)"
+    )
+    attacker.execute("INSERT INTO pg_temp.ota_groups VALUES (%s, 'decoy', now(), '\\x01deadbeef'::bytea)", (group_id,))
+    for lookalike in LOOKALIKES[:12]:
+        plant_function(attacker, "pg_temp", lookalike)
+
+
+def ring_file(path: Path, current: Path, *previous: Path) -> Path:
+    path.write_text(json.dumps({"key": key_hex(current), "previous_keys": [key_hex(p) for p in previous]}))
+    return path
+
+
+def evil_calls(dsn: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        return admin.execute("SELECT name, who FROM evil.calls").fetchall()
+
+
+def exercise_every_function(
+    db: str, attacker: Conn, *, key_file: Path, old_key_file: Path, tmp_path: Path, canaries: Canaries
+) -> dict[uuid.UUID, str]:
+    """Every SECURITY DEFINER function and every error path, as the attacker, through pyaccess and plain SQL.
+
+    Returns what each group must hold afterwards.
+    """
+    expected: dict[uuid.UUID, str] = {}
+    with psycopg.connect(db) as admin:
+        g_auto, g_tx, g_sql, g_old, g_empty, g_tampered = (new_group(admin) for _ in range(6))
+        expected[g_old] = canary("old-key-secret")
+        pyaccess.store_provision_secret(admin, g_old, expected[g_old], key_file=old_key_file)
+        admin.commit()
+
+    # pyaccess, autocommit: the session guard, then the call
+    expected[g_auto] = canary("auto")
+    pyaccess.store_provision_secret(attacker, g_auto, expected[g_auto], key_file=key_file)
+    assert pyaccess.get_provision_secret(attacker, g_auto, key_file=key_file) == expected[g_auto]
+
+    # pyaccess inside the caller's transaction, on a session not guarded yet: the guard pipelined with the call
+    expected[g_tx] = canary("in-transaction")
+    session.forget(attacker)
+    with attacker.transaction():
+        pyaccess.store_provision_secret(attacker, g_tx, expected[g_tx], key_file=key_file)
+        assert pyaccess.get_provision_secret(attacker, g_tx, key_file=key_file) == expected[g_tx]
+        assert attacker not in session._guarded
+
+    # plain SQL, unguarded, unqualified casts on the attacker's search_path
+    material = bytes.fromhex(key_hex(key_file))
+    expected[g_sql] = canary("plain-sql")
+    attacker.execute("SELECT public.store_provision_secret(%s, %s, %b)", (g_sql, expected[g_sql], material))
+    assert attacker.execute("SELECT public.get_provision_secret(%s, %b)", (g_sql, material)).fetchone() == (
+        expected[g_sql],
+    )
+    row = attacker.execute("SELECT public.get_provision_secret(%s, %b::bytea[])", (g_sql, [material])).fetchone()
+    assert row == (expected[g_sql],)
+    attacker.execute("SELECT public.provision_secret_key_id(%b)", (material,)).fetchone()
+    attacker.execute("SELECT public.provision_secret_log_exposure()").fetchone()
+    attacker.execute("SELECT public.provision_secret_session_guard()").fetchone()
+
+    # the census and a rotation (rewrap: open under the old key, seal under the new one)
+    ring = ring_file(tmp_path / "ring.json", key_file, old_key_file)
+    assert {e.role for e in key_census(attacker, key_file=ring)} == {"current", "previous"}
+    report = rotate(attacker, key_file=ring)
+    assert report.reencrypted == 1
+    assert pyaccess.get_provision_secret(attacker, g_old, key_file=key_file) == expected[g_old]
+
+    # every error path of the functions
+    with raises_clean(pyaccess.WrongKeyError, canaries):
+        pyaccess.get_provision_secret(attacker, g_auto, key_file=old_key_file)
+    with raises_clean(pyaccess.GroupNotFoundError, canaries):
+        pyaccess.get_provision_secret(attacker, uuid.uuid4(), key_file=key_file)
+    with raises_clean(pyaccess.GroupNotFoundError, canaries):
+        pyaccess.store_provision_secret(attacker, uuid.uuid4(), canary("nowhere"), key_file=key_file)
+    with raises_clean(pyaccess.SecretNotFoundError, canaries):
+        pyaccess.get_provision_secret(attacker, g_empty, key_file=key_file)
+    with raises_clean(pyaccess.InvalidSecretError, canaries):
+        pyaccess.store_provision_secret(attacker, g_empty, "", key_file=key_file)
+    with raises_clean(pyaccess.InvalidSecretError, canaries):
+        pyaccess.store_provision_secret(attacker, g_empty, "x" * 4097, key_file=key_file)
+    with pytest.raises(psycopg.Error) as info:
+        attacker.execute("SELECT public.get_provision_secret(%s, %b)", (g_auto, material[:31]))
+    assert info.value.sqlstate == "PA001"
+    with psycopg.connect(db, autocommit=True) as admin:
+        expected[g_tampered] = canary("tampered")
+        pyaccess.store_provision_secret(admin, g_tampered, expected[g_tampered], key_file=key_file)
+        admin.execute(
+            "UPDATE public.ota_groups SET provision_secret_ciphertext = pg_catalog.set_byte("
+            "provision_secret_ciphertext, 30, pg_catalog.get_byte(provision_secret_ciphertext, 30) # 1) WHERE id = %s",
+            (g_tampered,),
+        )
+    with raises_clean(pyaccess.SecretIntegrityError, canaries):
+        pyaccess.get_provision_secret(attacker, g_tampered, key_file=key_file)
+    del expected[g_tampered]
+    return expected
+
+
+@pytest.fixture
+def attacker_role(db: str, login_role: Callable[..., str]) -> str:
+    """A low-privileged login role: reader and writer, and CREATE on the database for its own schema."""
+    role = login_role(WRITER, READER, prefix="pyaccess_evil")
+    with psycopg.connect(db, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                sql.Identifier(str(admin.info.dbname)), sql.Identifier(role)
+            )
+        )
+    return role
+
+
+# pg_catalog is searched first unless the path names it: the last variant puts the look-alikes before it.
+@pytest.mark.parametrize("search_path", ["evil, public", "pg_temp, evil, public", "evil, pg_catalog, public"])
+def test_search_path_attack__planted_lookalikes_never_run(
+    db: str,
+    attacker_role: str,
+    key_file: Path,
+    other_key_file: Path,
+    tmp_path: Path,
+    *,
+    search_path: str,
+) -> None:
+    canaries = Canaries((key_hex(key_file), key_hex(other_key_file)))
+    warnings_seen: list[str] = []
+    with connect_as(db, attacker_role) as attacker:
+        attacker.add_notice_handler(lambda diag: warnings_seen.append(str(diag.message_primary)))
+        attacker.execute(PLANT_SCHEMA)
+        plant_lookalikes(attacker)
+        with psycopg.connect(db) as admin:
+            decoy_group = new_group(admin)
+        plant_in_pg_temp(attacker, decoy_group)
+        # sanity: the planted objects are live and do run when the attacker's own SQL resolves to them
+        attacker.execute("SELECT evil.hmac('\\x00'::bytea, '\\x00'::bytea, 'sha256')")
+        assert warnings_seen == ["evil ran: evil.hmac(bytea, bytea, text)"]
+        attacker.execute("DELETE FROM evil.calls")
+        warnings_seen.clear()
+
+        attacker.execute(sql.SQL("SET search_path = {}").format(sql.SQL(search_path)))
+        expected = exercise_every_function(
+            db, attacker, key_file=key_file, old_key_file=other_key_file, tmp_path=tmp_path, canaries=canaries
+        )
+
+        # pg_temp: the decoy row is untouched and the real row got the secret
+        expected[decoy_group] = canary("decoy")
+        pyaccess.store_provision_secret(attacker, decoy_group, expected[decoy_group], key_file=key_file)
+        assert pyaccess.get_provision_secret(attacker, decoy_group, key_file=key_file) == expected[decoy_group]
+        row = attacker.execute("SELECT provision_secret_ciphertext FROM pg_temp.ota_groups").fetchone()
+        assert row == (bytes.fromhex("01deadbeef"),)
+
+    assert warnings_seen == []
+    assert evil_calls(db) == []
+    for group_id, secret in expected.items():
+        assert owner_read(db, group_id, key_file) == secret
+
+
+def test_search_path_attack__overloads_planted_in_public__never_run(
+    db: str, attacker_role: str, key_file: Path, other_key_file: Path, tmp_path: Path
+) -> None:
+    """Worse than the brief: a pre-15-style public schema the attacker may CREATE in, holding pgcrypto.
+
+    The functions call ``public.hmac(..., 'sha256')`` with an unknown-typed
+    literal: the attacker plants overloads taking other string types (and
+    other integer types for gen_random_bytes) hoping to be the better match.
+    """
+    with psycopg.connect(db, autocommit=True) as admin:
+        admin.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(attacker_role)))
+    canaries = Canaries((key_hex(key_file), key_hex(other_key_file)))
+    warnings_seen: list[str] = []
+    with connect_as(db, attacker_role) as attacker:
+        attacker.add_notice_handler(lambda diag: warnings_seen.append(str(diag.message_primary)))
+        attacker.execute(PLANT_SCHEMA)
+        overloads = []
+        for string_type in ("varchar", "name", '"char"', "bpchar", "anyelement"):
+            overloads += [
+                ("hmac", f"bytea, bytea, {string_type}", "bytea", "@ext@.hmac($1, $2, $3::text)"),
+                (
+                    "encrypt_iv",
+                    f"bytea, bytea, bytea, {string_type}",
+                    "bytea",
+                    "@ext@.encrypt_iv($1, $2, $3, $4::text)",
+                ),
+                (
+                    "decrypt_iv",
+                    f"bytea, bytea, bytea, {string_type}",
+                    "bytea",
+                    "@ext@.decrypt_iv($1, $2, $3, $4::text)",
+                ),
+            ]
+        for int_type in ("smallint", "bigint", "numeric", "double precision"):
+            overloads.append(("gen_random_bytes", int_type, "bytea", "@ext@.gen_random_bytes($1::integer)"))
+        for overload in overloads:
+            plant_function(attacker, "public", overload)
+        row = attacker.execute(
+            "SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc WHERE pronamespace = 'public'::regnamespace"
+            " AND proowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)"
+        ).fetchone()
+        assert row == (len(overloads),)  # all planted
+        expected = exercise_every_function(
+            db, attacker, key_file=key_file, old_key_file=other_key_file, tmp_path=tmp_path, canaries=canaries
+        )
+    assert warnings_seen == []
+    assert evil_calls(db) == []
+    for group_id, secret in expected.items():
+        assert owner_read(db, group_id, key_file) == secret
+
+
+PLANT_TYPES = """
+CREATE FUNCTION evil.seen(p_name text, p_loot text) RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN
+    PERFORM evil.rec(p_name, p_loot);
+    RETURN true;
+END
+$f$;
+CREATE DOMAIN evil.bytea AS pg_catalog.bytea CHECK (evil.seen('domain evil.bytea', VALUE::pg_catalog.text));
+CREATE DOMAIN evil.text AS pg_catalog.text CHECK (evil.seen('domain evil.text', VALUE));
+CREATE DOMAIN evil.uuid AS pg_catalog.uuid CHECK (evil.seen('domain evil.uuid', VALUE::pg_catalog.text));
+"""
+
+
+def _hijacked_service(db: str, login_role: Callable[..., str]) -> tuple[str, str]:
+    """A third party plants look-alike *types* in its schema; a service role's search_path lists it before
+    pg_catalog (a DBA's ``ALTER ROLE ... SET search_path``). Returns (attacker, service)."""
+    attacker = login_role(prefix="pyaccess_evil")
+    service = login_role(WRITER, READER, prefix="pyaccess_svc")
+    with psycopg.connect(db, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                sql.Identifier(str(admin.info.dbname)), sql.Identifier(attacker)
+            )
+        )
+        admin.execute(
+            sql.SQL("ALTER ROLE {} SET search_path = evil, pg_catalog, public").format(sql.Identifier(service))
+        )
+    with connect_as(db, attacker) as planter:
+        planter.execute(PLANT_SCHEMA)
+        plant_lookalikes(planter)
+        planter.execute(PLANT_TYPES)
+    return attacker, service
+
+
+def test_search_path_ahead_of_pg_catalog__nothing_planted_runs_as_the_owner(
+    db: str, conn: Conn, login_role: Callable[..., str], key_file: Path
+) -> None:
+    _, service = _hijacked_service(db, login_role)
+    gid = new_group(conn)
+    secret = canary("secret")
+    with connect_as(db, service) as sc:
+        assert sc.execute("SHOW search_path").fetchone() == ("evil, pg_catalog, public",)
+        pyaccess.store_provision_secret(sc, gid, secret, key_file=key_file)
+        assert pyaccess.get_provision_secret(sc, gid, key_file=key_file) == secret
+    row = conn.execute(
+        "SELECT pg_catalog.pg_get_userbyid(proowner) FROM pg_catalog.pg_proc"
+        " WHERE oid = 'public.store_provision_secret(uuid, text, bytea)'::regprocedure"
+    ).fetchone()
+    assert row is not None
+    owner = row[0]
+    calls = evil_calls(db)
+    # The SECURITY DEFINER bodies never resolve a name through the caller's path:
+    # no look-alike function or operator ran, and nothing ran as the owner.
+    assert [c for c in calls if not str(c[0]).startswith("domain ")] == []
+    assert [c for c in calls if c[1] == owner] == []
+    assert owner_read(db, gid, key_file) == secret
+
+
+def test_search_path_ahead_of_pg_catalog__planted_types_never_see_the_key(
+    db: str, conn: Conn, login_role: Callable[..., str], key_file: Path
+) -> None:
+    _, service = _hijacked_service(db, login_role)
+    gid = new_group(conn)
+    secret = canary("secret")
+    with connect_as(db, service) as sc:
+        pyaccess.store_provision_secret(sc, gid, secret, key_file=key_file)
+        assert pyaccess.get_provision_secret(sc, gid, key_file=key_file) == secret
+    with psycopg.connect(db, autocommit=True) as admin:
+        loot = "\n".join(str(r[0]) for r in admin.execute("SELECT loot FROM evil.calls").fetchall())
+    assert Canaries((key_hex(key_file),), (secret,)).found_in(loot) == []
+    assert evil_calls(db) == []
+
+
+# =========================================================================== the log canary
+
+
+@dataclass
+class LogServer:
+    """A throwaway cluster that logs every statement with its parameters, migrated, with its roles."""
+
+    cluster: LocalCluster
+    dbname: str
+    writer: str
+    reader: str
+    neither: str
+    key_file: Path
+    wrong_key_file: Path
+
+    def dsn(self, user: str = "postgres") -> str:
+        return user_dsn(self.cluster.dsn(self.dbname), user, ROLE_PASSWORD)
+
+    def log(self) -> str:
+        return self.cluster.logfile.read_text(encoding="utf-8", errors="replace")
+
+    def canaries(self) -> Canaries:
+        return Canaries((key_hex(self.key_file), key_hex(self.wrong_key_file)))
+
+    def new_group(self) -> uuid.UUID:
+        with psycopg.connect(self.dsn()) as admin:
+            return new_group(admin)
+
+
+@pytest.fixture(scope="module")
+def log_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogServer]:
+    keys = tmp_path_factory.mktemp("log-canary-keys")
+    with throwaway_cluster(LOG_SETTINGS) as cluster:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+            admin.execute("CREATE DATABASE canary")
+        apply_migrations(cluster.dsn("canary"))
+        names = {kind: f"pyaccess_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("writer", "reader", "neither")}
+        with psycopg.connect(cluster.dsn("canary"), autocommit=True) as admin:
+            create_login_role(admin, names["writer"], [WRITER])
+            create_login_role(admin, names["reader"], [READER])
+            create_login_role(admin, names["neither"], [])
+        yield LogServer(
+            cluster,
+            "canary",
+            names["writer"],
+            names["reader"],
+            names["neither"],
+            write_new_key_file(keys / "key.json"),
+            write_new_key_file(keys / "wrong-key.json"),
+        )
+
+
+@contextmanager
+def log_parameter_set_revoked(server: LogServer) -> Iterator[None]:
+    """The DBA never granted SET on log_parameter_max_length: the guard cannot switch parameter logging off."""
+    with psycopg.connect(server.dsn(), autocommit=True) as admin:
+        admin.execute(
+            "REVOKE SET ON PARAMETER log_parameter_max_length FROM provision_secret_reader, provision_secret_writer"
+        )
+    try:
+        yield
+    finally:
+        with psycopg.connect(server.dsn(), autocommit=True) as admin:
+            admin.execute(
+                "GRANT SET ON PARAMETER log_parameter_max_length TO provision_secret_reader, provision_secret_writer"
+            )
+
+
+def assert_log_clean(server: LogServer, canaries: Canaries) -> str:
+    log = server.log()
+    assert "LOG:  statement:" in log or "LOG:  execute" in log  # the server does log statements
+    leaks = canaries.found_in(log)
+    assert not leaks, f"the server log holds {leaks}"
+    return log
+
+
+@pytest.mark.cluster
+def test_log_canary__unguarded_parameters_do_reach_the_log(log_server: LogServer) -> None:
+    """The control: under these settings a bound key and secret are logged, and the canary check sees them."""
+    control = Canaries((os.urandom(32).hex(),), (canary("control-secret"),))
+    with connect_as(log_server.dsn(), log_server.writer) as wc:
+        wc.execute("SELECT %b::bytea, %s::text", (bytes.fromhex(control.keys[0]), control.secrets[0]))
+    found = control.found_in(log_server.log())
+    assert "key #0 as hex (any case)" in found
+    assert "key #0 as \\x bytea form" in found
+    assert any(f.startswith("secret #0") for f in found)
+
+
+@pytest.mark.cluster
+def test_log_canary__store_get_errors_and_cli__never_log_the_key_or_secret(log_server: LogServer) -> None:
+    server = log_server
+    kf = server.key_file
+    names = ("pipelined", "rolled-back", "autocommit", "every-call", "async", "cli", "long")
+    secrets = {name: canary(name) for name in names}
+    # the canaries are the markers: a truncated parameter would still show its start
+    canaries = server.canaries() + Canaries(secrets=tuple(secrets.values()))
+    secrets["long"] += "x" * (4097 - len(secrets["long"]))  # one byte too long: PA002 on the server
+    groups = {name: server.new_group() for name in secrets}
+
+    # the writer, a non-autocommit connection whose first call is inside a transaction: the pipelined guard
+    with connect_as(server.dsn(), server.writer, autocommit=False) as wc:
+        # the caller's transaction rolls back after a successful call: the guard's SET goes with it
+        wc.execute("SELECT 1")
+        pyaccess.store_provision_secret(wc, groups["pipelined"], secrets["rolled-back"], key_file=kf)
+        wc.rollback()
+        with wc.transaction():
+            assert wc.info.transaction_status == pq.TransactionStatus.INTRANS
+            pyaccess.store_provision_secret(wc, groups["pipelined"], secrets["pipelined"], key_file=kf)
+        with raises_clean(pyaccess.InvalidSecretError, canaries), wc.transaction():
+            pyaccess.store_provision_secret(wc, groups["long"], secrets["long"], key_file=kf)
+        with raises_clean(pyaccess.GroupNotFoundError, canaries), wc.transaction():
+            pyaccess.store_provision_secret(wc, uuid.uuid4(), secrets["pipelined"], key_file=kf)
+    # the writer, autocommit: the session guard once, then the calls alone
+    with connect_as(server.dsn(), server.writer) as wc:
+        pyaccess.store_provision_secret(wc, groups["autocommit"], secrets["autocommit"], key_file=kf)
+        with raises_clean(pyaccess.InvalidSecretError, canaries):
+            pyaccess.store_provision_secret(wc, groups["long"], secrets["long"], key_file=kf)
+        with raises_clean(pyaccess.GroupNotFoundError, canaries):
+            pyaccess.store_provision_secret(wc, uuid.uuid4(), secrets["autocommit"], key_file=kf)
+        with raises_clean(pyaccess.AccessDeniedError, canaries):
+            pyaccess.get_provision_secret(wc, groups["autocommit"], key_file=kf)
+        client = pyaccess.ProvisionSecrets(key_file=kf, guard="every-call")
+        client.store(groups["every-call"], secrets["every-call"], conn=wc)
+
+    async def store_and_get_async() -> str:
+        async with await psycopg.AsyncConnection.connect(server.dsn(server.writer), autocommit=True) as ac:
+            await pyaccess.aio.store_provision_secret(ac, groups["async"], secrets["async"], key_file=kf)
+        async with await psycopg.AsyncConnection.connect(server.dsn(server.reader)) as ac:
+            await ac.execute("SELECT 1")
+            return await pyaccess.aio.get_provision_secret(ac, groups["async"], key_file=kf)
+
+    assert asyncio.run(store_and_get_async()) == secrets["async"]
+
+    # the CLI: store reads stdin, get prints
+    stored = run_cli(["store", str(groups["cli"]), "--dsn", server.dsn(server.writer), "--key-file", str(kf)],
+                     stdin=secrets["cli"] + "\n")  # fmt: skip
+    assert stored.returncode == 0, stored.stderr
+    got = run_cli(["get", str(groups["cli"]), "--dsn", server.dsn(server.reader), "--key-file", str(kf)])
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == secrets["cli"] + "\n"
+    wrong = run_cli(["get", str(groups["cli"]), "--dsn", server.dsn(server.reader), "--key-file",
+                     str(server.wrong_key_file)])  # fmt: skip
+    assert wrong.returncode == 1
+    assert canaries.found_in(stored.stdout + stored.stderr + got.stderr + wrong.stdout + wrong.stderr) == []
+
+    # the reader: in a transaction (pipelined), then autocommit; and the errors
+    with connect_as(server.dsn(), server.reader, autocommit=False) as rc:
+        with rc.transaction():
+            got_secret = pyaccess.get_provision_secret(rc, groups["pipelined"], key_file=kf)
+            assert got_secret == secrets["pipelined"]
+        with raises_clean(pyaccess.WrongKeyError, canaries), rc.transaction():
+            pyaccess.get_provision_secret(rc, groups["pipelined"], key_file=server.wrong_key_file)
+        with raises_clean(pyaccess.AccessDeniedError, canaries), rc.transaction():
+            pyaccess.store_provision_secret(rc, groups["pipelined"], secrets["pipelined"], key_file=kf)
+    with connect_as(server.dsn(), server.reader) as rc:
+        for name in ("pipelined", "autocommit", "every-call"):
+            assert pyaccess.get_provision_secret(rc, groups[name], key_file=kf) == secrets[name]
+        with raises_clean(pyaccess.WrongKeyError, canaries):
+            pyaccess.get_provision_secret(rc, groups["autocommit"], key_file=server.wrong_key_file)
+        with raises_clean(pyaccess.GroupNotFoundError, canaries):
+            pyaccess.get_provision_secret(rc, uuid.uuid4(), key_file=kf)
+        with raises_clean(pyaccess.SecretNotFoundError, canaries):
+            pyaccess.get_provision_secret(rc, groups["long"], key_file=kf)
+
+    # a role in neither group: refused before or instead of the call
+    for autocommit in (True, False):
+        with connect_as(server.dsn(), server.neither, autocommit=autocommit) as nc:
+            if not autocommit:
+                nc.execute("SELECT 1")
+            with raises_clean(pyaccess.AccessDeniedError, canaries):
+                pyaccess.get_provision_secret(nc, groups["autocommit"], key_file=kf)
+            nc.rollback()
+            with raises_clean(pyaccess.AccessDeniedError, canaries):
+                pyaccess.store_provision_secret(nc, groups["autocommit"], secrets["autocommit"], key_file=kf)
+            nc.rollback()
+
+    # doctor as the reader on this logging server: the guard can switch logging off, so nothing FAILs
+    exit_code, checks = doctor_json(server.dsn(server.reader), kf)
+    assert checks["server log"]["status"] == "ok", checks["server log"]
+    assert exit_code == 0, checks
+
+    log = assert_log_clean(server, canaries)
+    # both paths ran: the guard pipelined with a call (extended protocol) and on its own (simple query)
+    assert "execute <unnamed>: SELECT public.provision_secret_session_guard()" in log
+    assert "statement: SELECT public.provision_secret_session_guard()" in log
+    # the calls did go through this log: statements (not their parameters) are there
+    assert "public.store_provision_secret($1::pg_catalog.uuid, $2::pg_catalog.text, $3::pg_catalog.bytea)" in log
+    assert "public.get_provision_secret($1::pg_catalog.uuid, $2::pg_catalog.bytea[])" in log
+    assert "was encrypted under key id" in log  # the WrongKeyError, logged with ids only
+
+
+@pytest.mark.cluster
+def test_log_canary__without_set_privilege__parameter_logging_error_and_nothing_logged(
+    log_server: LogServer,
+) -> None:
+    server = log_server
+    kf = server.key_file
+    secret = canary("revoked")
+    canaries = server.canaries() + Canaries(secrets=(secret,))
+    gid, other = server.new_group(), server.new_group()
+    with connect_as(server.dsn(), server.writer) as wc:
+        pyaccess.store_provision_secret(wc, gid, secret, key_file=kf)
+
+    with log_parameter_set_revoked(server):
+        for role in (server.reader, server.writer):
+            for autocommit in (True, False):
+                with connect_as(server.dsn(), role, autocommit=autocommit) as c:
+                    if not autocommit:
+                        c.execute("SELECT 1")  # pipelined: the call must be dropped with the failed guard
+                    with raises_clean(pyaccess.ParameterLoggingError, canaries):
+                        if role == server.reader:
+                            pyaccess.get_provision_secret(c, gid, key_file=kf)
+                        else:
+                            pyaccess.store_provision_secret(c, other, secret, key_file=kf)
+                    c.rollback()
+        got = run_cli(["get", str(gid), "--dsn", server.dsn(server.reader), "--key-file", str(kf)])
+        assert got.returncode == 1
+        assert got.stdout == ""
+        assert got.stderr.startswith("pyaccess: error: the server would write the key to its log")
+        assert len(got.stderr.splitlines()) == 1
+        assert canaries.found_in(got.stderr) == []
+
+    log = assert_log_clean(server, canaries)
+    assert "the server would write the key to its log" in log  # the guard ran and refused, on the server
+    assert owner_read(server.dsn(), gid, kf) == secret
+    with psycopg.connect(server.dsn()) as admin:
+        row = admin.execute("SELECT provision_secret_ciphertext FROM ota_groups WHERE id = %s", (other,)).fetchone()
+    assert row == (None,)
+
+
+# =========================================================================== pyaccess doctor
+
+
+@pytest.mark.cluster
+def test_doctor__leaky_server_as_a_reader__fails_on_the_server_log(log_server: LogServer) -> None:
+    server = log_server
+    with log_parameter_set_revoked(server):
+        result = invoke(["doctor", "--dsn", server.dsn(server.reader), "--key-file", str(server.key_file)])
+        exit_code, checks = doctor_json(server.dsn(server.reader), server.key_file)
+    assert result.exit_code == 1, result.output
+    assert any(re.match(r"FAIL\s+server log\s", line) for line in result.stdout.splitlines()), result.stdout
+    assert exit_code == 1
+    assert checks["server log"]["status"] == "FAIL"
+    assert "log_statement = all" in checks["server log"]["detail"]
+    assert checks["role"]["status"] == "ok"
+    assert_log_clean(server, server.canaries())  # doctor sends the key too (census): still nothing logged
+    assert server.canaries().found_in(result.output) == []
+
+
+def test_doctor__clean_setup_as_a_reader__exits_0(db: str, login_role: Callable[..., str], key_file: Path) -> None:
+    reader = login_role(READER)
+    dsn = user_dsn(db, reader, ROLE_PASSWORD)
+    result = invoke(["doctor", "--dsn", dsn, "--key-file", str(key_file)])
+    assert result.exit_code == 0, result.output
+    statuses = {line.split()[0] for line in result.stdout.splitlines()}
+    assert statuses <= {"ok", "warning"}, result.stdout
+    assert "FAIL" not in result.stdout
+    exit_code, checks = doctor_json(dsn, key_file)
+    assert exit_code == 0
+    assert set(checks) == {"key file", "connection", "role", "pgcrypto", "migrations", "server log", "key census"}
+    for name in ("key file", "role", "pgcrypto", "server log", "key census"):
+        assert checks[name]["status"] == "ok", checks[name]
+    assert Canaries((key_hex(key_file),)).found_in(result.output) == []
+
+
+def test_doctor__world_readable_key_file__warns(db: str, login_role: Callable[..., str], key_file: Path) -> None:
+    key_file.chmod(0o644)
+    exit_code, checks = doctor_json(user_dsn(db, login_role(READER), ROLE_PASSWORD), key_file)
+    assert checks["key file"]["status"] == "warning"
+    assert "world-readable" in checks["key file"]["detail"]
+    assert exit_code == 0
+
+
+def test_doctor__missing_key_file__fails(db: str, login_role: Callable[..., str], tmp_path: Path) -> None:
+    exit_code, checks = doctor_json(user_dsn(db, login_role(READER), ROLE_PASSWORD), tmp_path / "missing.json")
+    assert checks["key file"]["status"] == "FAIL"
+    assert "missing.json" in checks["key file"]["detail"]
+    assert exit_code == 1
+
+
+def test_doctor__secrets_under_an_unknown_key__census_fails(
+    db: str, conn: Conn, login_role: Callable[..., str], key_file: Path, other_key_file: Path
+) -> None:
+    pyaccess.store_provision_secret(conn, new_group(conn), canary("known"), key_file=key_file)
+    pyaccess.store_provision_secret(conn, new_group(conn), canary("unknown"), key_file=other_key_file)
+    conn.commit()
+    row = conn.execute(
+        "SELECT public.provision_secret_key_id(%b)", (bytes.fromhex(key_hex(other_key_file)),)
+    ).fetchone()
+    assert row is not None
+    exit_code, checks = doctor_json(user_dsn(db, login_role(READER), ROLE_PASSWORD), key_file)
+    assert checks["key census"]["status"] == "FAIL"
+    assert f"{row[0]}: 1 (unknown)" in checks["key census"]["detail"]
+    assert exit_code == 1
+    canaries = Canaries((key_hex(key_file), key_hex(other_key_file)))
+    assert canaries.found_in(json.dumps(checks)) == []
+
+
+@pytest.mark.parametrize(
+    ("membership", "status"),
+    [("neither", "FAIL"), ("both", "warning"), ("writer", "ok"), ("reader", "ok")],
+)
+def test_doctor__role_membership(
+    db: str, login_role: Callable[..., str], key_file: Path, membership: str, status: str
+) -> None:
+    exit_code, checks = doctor_json(user_dsn(db, login_role(*MEMBERSHIPS[membership]), ROLE_PASSWORD), key_file)
+    assert checks["role"]["status"] == status, checks["role"]
+    assert exit_code == (1 if status == "FAIL" else 0), checks
+
+
+def test_doctor__role_in_neither_group__never_exits_0(db: str, login_role: Callable[..., str], key_file: Path) -> None:
+    result = invoke(["doctor", "--dsn", user_dsn(db, login_role(), ROLE_PASSWORD), "--key-file", str(key_file)])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+
+
+# =========================================================================== careless callers
+
+
+def test_cli__store_help__offers_no_option_for_the_secret_or_the_key() -> None:
+    result = invoke(["store", "--help"])
+    assert result.exit_code == 0
+    options = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", result.stdout.split("Options:", 1)[1]))
+    assert options == {"--dsn", "--key-file", "-h", "--help"}
+    command = main.commands["store"]
+    assert [p.name for p in command.params if p.param_type_name == "argument"] == ["group_id"]
+
+
+def test_repr_and_str__of_keys_rings_and_clients__carry_no_key(tmp_path: Path, key_file: Path) -> None:
+    previous = write_new_key_file(tmp_path / "previous.json")
+    ring_path = ring_file(tmp_path / "ring.json", key_file, previous)
+    canaries = Canaries((key_hex(key_file), key_hex(previous)))
+    ring = pyaccess.load_key_ring(ring_path)
+    assert len(ring.previous) == 1
+    objects: list[object] = [
+        ring,
+        ring.current,
+        *ring.previous,
+        pyaccess.ProvisionSecrets(key_file=ring_path),
+        pyaccess.AsyncProvisionSecrets(key_file=ring_path),
+    ]
+    texts = [f"{o!r} {o!s} {o}" for o in objects]
+    texts.append(str(dataclasses.asdict(ring)))
+    texts.append(repr(dataclasses.replace(ring)))
+    assert canaries.found_in("\n".join(texts)) == []
+    # the control: the checker does see the material when it is printed
+    assert canaries.found_in(ring.current.material.hex().upper())
+    assert canaries.found_in(repr(ring.current.material))
+
+
+def test_careless_calls__errors_carry_no_key_or_secret(
+    conn: Conn, group: uuid.UUID, key_file: Path, tmp_path: Path
+) -> None:
+    secret = canary("secret")
+    material = key_hex(key_file)
+    canaries = Canaries((material,), (secret,))
+    # arguments swapped, the key passed where the group id goes
+    with raises_clean(pyaccess.PyAccessError, canaries):
+        pyaccess.store_provision_secret(conn, secret, group, key_file=key_file)  # type: ignore[arg-type]
+    with raises_clean(pyaccess.PyAccessError, canaries):
+        pyaccess.get_provision_secret(conn, material, key_file=key_file)
+    with raises_clean(pyaccess.InvalidSecretError, canaries):
+        pyaccess.store_provision_secret(conn, group, secret + "\x00", key_file=key_file)
+    with raises_clean(pyaccess.InvalidSecretError, canaries):
+        pyaccess.store_provision_secret(conn, group, secret + "\ud800", key_file=key_file)
+    with raises_clean(pyaccess.InvalidSecretError, canaries):
+        pyaccess.store_provision_secret(conn, group, secret * 200, key_file=key_file)
+    conn.rollback()
+    # mangled key files: the reason is given, never the content
+    mangled = {
+        "one digit short": material[:-1],
+        "not hex": material[:-1] + "g",
+        "too long": material + "00",
+        "json number": json.dumps({"key": int(material[:15], 16)}),
+        "bad previous": json.dumps({"key": material, "previous_keys": [material[:-2]]}),
+        "openssl without key line": f"salt=00\niv ={material}\n",
+        "truncated json": json.dumps({"key": material})[:-1],
+    }
+    for label, content in mangled.items():
+        path = tmp_path / f"{label}.key"
+        path.write_text(content)
+        with raises_clean(pyaccess.KeyFileError, canaries):
+            pyaccess.load_key_ring(path)
+        with raises_clean(pyaccess.KeyFileError, canaries):
+            pyaccess.get_provision_secret(conn, group, key_file=path)
+    # a wrong key: the message gives key ids only
+    other = write_new_key_file(tmp_path / "other.json")
+    pyaccess.store_provision_secret(conn, group, secret, key_file=key_file)
+    with raises_clean(pyaccess.WrongKeyError, canaries + Canaries((key_hex(other),))):
+        pyaccess.get_provision_secret(conn, group, key_file=other)
+    conn.rollback()
+
+
+def test_python_logging_at_debug__never_carries_the_key_or_secret(
+    caplog: pytest.LogCaptureFixture, db: str, conn: Conn, *, key_file: Path, other_key_file: Path, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for name in ("pyaccess", "psycopg", "yoyo"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    secrets = (canary("api"), canary("cli"))
+    canaries = Canaries((key_hex(key_file), key_hex(other_key_file)), secrets)
+    api_group, cli_group, old_group = new_group(conn), new_group(conn), new_group(conn)
+
+    pyaccess.store_provision_secret(conn, api_group, secrets[0], key_file=key_file)
+    assert pyaccess.get_provision_secret(conn, api_group, key_file=key_file) == secrets[0]
+    conn.commit()
+    with raises_clean(pyaccess.WrongKeyError, canaries):
+        pyaccess.get_provision_secret(conn, api_group, key_file=other_key_file)
+    conn.rollback()
+    pyaccess.store_provision_secret(conn, old_group, secrets[0], key_file=other_key_file)
+    conn.commit()
+    rotate(conn, key_file=ring_file(tmp_path / "ring.json", key_file, other_key_file))
+    result = invoke(["store", str(cli_group), "--dsn", db, "--key-file", str(key_file)], input=secrets[1] + "\n")
+    assert result.exit_code == 0, result.output
+    result = invoke(["get", str(cli_group), "--dsn", db, "--key-file", str(key_file)])
+    assert result.stdout == secrets[1] + "\n"
+    result = invoke(["get", str(cli_group), "--dsn", db, "--key-file", str(other_key_file)])
+    assert result.exit_code == 1
+    result = invoke(["doctor", "--dsn", db, "--key-file", str(key_file)])
+    assert canaries.found_in(result.output) == []
+
+    assert any("provision secret" in r.getMessage() for r in caplog.records)  # pyaccess did log, at DEBUG
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    text = "\n".join(f"{formatter.format(r)} {r.args!r}" for r in caplog.records)
+    assert canaries.found_in(text) == []
