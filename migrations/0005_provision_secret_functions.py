@@ -13,11 +13,8 @@ __depends__ = {"0004_provision_secret_column"}
 
 SQL_FILE = Path(__file__).resolve().parent.parent / "sql" / "provision_secret.sql"
 
+# Dropped in this order on rollback: callers before the helpers they use.
 FUNCTIONS = (
-    "public._provision_secret_check_keys(bytea[])",
-    "public._provision_secret_key_id(bytea)",
-    "public._provision_secret_seal(uuid, bytea, bytea, bytea)",
-    "public._provision_secret_open(uuid, bytea, bytea[])",
     "public.provision_secret_log_exposure()",
     "public.store_provision_secret(uuid, text, bytea)",
     "public.get_provision_secret(uuid, bytea[])",
@@ -26,6 +23,15 @@ FUNCTIONS = (
     "public.provision_secret_key_id(bytea)",
     "public.rewrap_provision_secrets(bytea[], uuid, integer)",
     "public.provision_secret_session_guard()",
+    "public._provision_secret_refuse(uuid, bytea, bytea[])",
+    "public._provision_secret_check_keys(bytea[])",
+    "public._provision_secret_plaintext(bytea, bytea)",
+    "public._provision_secret_authentic(uuid, bytea, bytea)",
+    "public._provision_secret_well_formed(bytea)",
+    "public._provision_secret_tag(uuid, bytea, bytea)",
+    "public._provision_secret_body(bytea, bytea, bytea, bytea)",
+    "public._provision_secret_subkeys(bytea)",
+    "public._provision_secret_key_id(bytea)",
 )
 
 

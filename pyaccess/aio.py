@@ -44,7 +44,7 @@ async def get_with_ring(
     """:func:`get_provision_secret` with a key ring already loaded."""
     gid = check_group_id(group_id)
     with translate_errors():
-        cursor = await execute_guarded_async(conn, queries.GET, (gid, ring.materials), guard)
+        cursor = await execute_guarded_async(conn, queries.GET, (gid, ring.encoded), guard)
         row = await cursor.fetchone()
     assert row is not None  # a function call always returns one row
     logger.debug("read the provision secret of OTA group %s", gid)

@@ -18,10 +18,12 @@ import re
 import stat
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Final
 
 from pyaccess.errors import KeyFileError
+from pyaccess.wire import EncodedKeys
 
 __all__ = [
     "DEFAULT_KEY_FILE",
@@ -72,6 +74,11 @@ class KeyRing:
     def materials(self) -> list[bytes]:
         """Every key's bytes, the current one first, as the SQL functions take them."""
         return [self.current.material, *(k.material for k in self.previous)]
+
+    @cached_property
+    def encoded(self) -> EncodedKeys:
+        """:attr:`materials` as a binary ``bytea[]`` parameter, encoded once."""
+        return EncodedKeys(self.materials)
 
     def __repr__(self) -> str:
         return f"<pyaccess.KeyRing current + {len(self.previous)} previous (redacted)>"
@@ -206,23 +213,24 @@ def _signature(info: os.stat_result) -> tuple[int, ...]:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
-_cache: dict[Path, tuple[tuple[int, ...], KeyRing]] = {}
+_cache: dict[str, tuple[tuple[int, ...], KeyRing]] = {}
 _cache_lock = threading.Lock()
 
 
 def load_key_ring(key_file: str | os.PathLike[str] | None = None) -> KeyRing:
     """The key ring in the key file, re-read only when the file has changed (one ``stat`` per call)."""
-    path = resolve_key_file(key_file)
-    cached = _cache.get(path)
+    # The hot path of every call: a str, one stat, one dict lookup; no Path objects.
+    name = os.fspath(key_file) if key_file is not None else os.environ.get("PYACCESS_KEY_FILE") or DEFAULT_KEY_FILE
+    cached = _cache.get(name)
     if cached is not None:
         try:
-            if _signature(os.stat(path)) == cached[0]:
+            if _signature(os.stat(name)) == cached[0]:
                 return cached[1]
         except OSError:
             pass  # gone or unreadable now: _read says why
-    signature, ring = _read(path)
+    signature, ring = _read(Path(name))
     with _cache_lock:
-        _cache[path] = (signature, ring)
+        _cache[name] = (signature, ring)
     return ring
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import uuid
 from typing import Any
 
@@ -21,16 +22,21 @@ logger = logging.getLogger("pyaccess")
 KeyFilePath = str | os.PathLike[str] | None
 
 
+# The spellings PostgreSQL's uuid type reads (any case, optional braces, with
+# or without the hyphens): uuid.UUID() alone would also take " 1111…",
+# "urn:uuid:…" or digits with underscores, and read a damaged id as another's.
+_UUID_TEXT = re.compile(
+    r"(\{)?[0-9a-f]{8}(-?)[0-9a-f]{4}\2[0-9a-f]{4}\2[0-9a-f]{4}\2[0-9a-f]{12}(?(1)\})", re.ASCII | re.IGNORECASE
+)
+
+
 def check_group_id(group_id: uuid.UUID | str) -> uuid.UUID:
     """The group id as a UUID, or :class:`InvalidGroupIdError` before any query is sent."""
     if isinstance(group_id, uuid.UUID):
         return group_id
-    if isinstance(group_id, str):
-        try:
-            return uuid.UUID(group_id)
-        except ValueError:
-            pass
-    raise InvalidGroupIdError("the OTA group id is not a UUID")
+    if isinstance(group_id, str) and _UUID_TEXT.fullmatch(group_id):
+        return uuid.UUID(group_id)
+    raise InvalidGroupIdError("the OTA group id is not a UUID (8-4-4-4-12 hexadecimal digits)")
 
 
 def check_secret(secret: str) -> str:
@@ -61,7 +67,7 @@ def get_with_ring(
     """:func:`get_provision_secret` with a key ring already loaded."""
     gid = check_group_id(group_id)
     with translate_errors():
-        row = execute_guarded(conn, queries.GET, (gid, ring.materials), guard).fetchone()
+        row = execute_guarded(conn, queries.GET, (gid, ring.encoded), guard).fetchone()
     assert row is not None  # a function call always returns one row
     logger.debug("read the provision secret of OTA group %s", gid)
     return str(row[0])

@@ -60,7 +60,7 @@ class RotationReport:
 def ring_key_ids(conn: psycopg.Connection[Any], ring: KeyRing) -> list[str]:
     """The ids of the ring's keys, the current key's first."""
     with translate_errors():
-        rows = execute_guarded(conn, queries.KEY_IDS, (ring.materials,)).fetchall()
+        rows = execute_guarded(conn, queries.KEY_IDS, (ring.encoded,)).fetchall()
     return [str(row[0]) for row in rows]
 
 
@@ -121,7 +121,7 @@ def rotate(
     after = None
     while True:
         with translate_errors(), conn.transaction():
-            rows = execute_guarded(conn, queries.REWRAP, (ring.materials, after, batch_size)).fetchall()
+            rows = execute_guarded(conn, queries.REWRAP, (ring.encoded, after, batch_size)).fetchall()
         if not rows:
             break
         after = rows[-1][0]

@@ -23,6 +23,7 @@ import psycopg
 from psycopg import pq
 
 from pyaccess import queries
+from pyaccess.wire import prepare_adapters
 
 __all__ = ["GuardMode", "execute_guarded", "execute_guarded_async", "forget", "guard_session", "guard_session_async"]
 
@@ -74,6 +75,7 @@ def execute_guarded(
     conn: psycopg.Connection[Any], query: LiteralString, params: tuple[Any, ...] = (), guard: GuardMode = "once"
 ) -> psycopg.Cursor[Any]:
     """Execute ``query`` on a server-side binding cursor, with the session guard in front of it."""
+    prepare_adapters(conn)
     cursor: psycopg.Cursor[Any] = psycopg.Cursor(conn)
     pipeline = _needs_pipeline(conn, guard)
     if pipeline is None:
@@ -91,6 +93,7 @@ async def execute_guarded_async(
     conn: psycopg.AsyncConnection[Any], query: LiteralString, params: tuple[Any, ...] = (), guard: GuardMode = "once"
 ) -> psycopg.AsyncCursor[Any]:
     """:func:`execute_guarded` for an :class:`psycopg.AsyncConnection`."""
+    prepare_adapters(conn)
     cursor: psycopg.AsyncCursor[Any] = psycopg.AsyncCursor(conn)
     pipeline = _needs_pipeline(conn, guard)
     if pipeline is None:

@@ -19,7 +19,64 @@
 
 -- =====================================================================
 -- Private helpers (no EXECUTE for anyone but the owner)
+--
+-- The envelope's arithmetic is written once, in single-expression SQL
+-- functions with SQL-standard bodies: their names are resolved when they
+-- are created (no search_path is consulted at run time), and PostgreSQL
+-- inlines them into the calling statement, so they cost nothing per call.
+-- A SET clause would prevent the inlining; it is not needed either.
+-- The plpgsql functions all pin search_path.
 -- =====================================================================
+
+-- The id of a key: the first 8 bytes of HMAC-SHA256(key, 'pyaccess key id').
+CREATE OR REPLACE FUNCTION public._provision_secret_key_id(p_key bytea)
+RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.substr(@extschema@.hmac('pyaccess key id'::bytea, p_key, 'sha256'), 1, 8);
+
+-- enc key (bytes 1..32) || mac key (bytes 33..64) of a key.
+CREATE OR REPLACE FUNCTION public._provision_secret_subkeys(p_key bytea)
+RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN @extschema@.hmac('pyaccess v1 keys'::bytea, p_key, 'sha512');
+
+-- version || key id || IV || AES-256-CBC(plaintext): the envelope without its tag.
+CREATE OR REPLACE FUNCTION public._provision_secret_body(
+    p_key_id bytea, p_subkeys bytea, p_iv bytea, p_plaintext bytea)
+RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.decode('01', 'hex') || p_key_id || p_iv
+       || @extschema@.encrypt_iv(p_plaintext, pg_catalog.substr(p_subkeys, 1, 32), p_iv, 'aes-cbc/pad:pkcs');
+
+-- The tag of an envelope body for its group: this is what binds it to the row.
+CREATE OR REPLACE FUNCTION public._provision_secret_tag(p_group_id uuid, p_body bytea, p_subkeys bytea)
+RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN @extschema@.hmac(pg_catalog.uuid_send(p_group_id) || p_body, pg_catalog.substr(p_subkeys, 33, 32), 'sha256');
+
+-- Whether an envelope has the length and version of format 1.
+CREATE OR REPLACE FUNCTION public._provision_secret_well_formed(p_envelope bytea)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.octet_length(p_envelope) >= 73
+       AND (pg_catalog.octet_length(p_envelope) - 57) % 16 = 0
+       AND pg_catalog.get_byte(p_envelope, 0) = 1;
+
+-- Whether a (well-formed) envelope carries the right tag for its group.
+CREATE OR REPLACE FUNCTION public._provision_secret_authentic(p_group_id uuid, p_envelope bytea, p_subkeys bytea)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN public._provision_secret_tag(
+           p_group_id, pg_catalog.substr(p_envelope, 1, pg_catalog.octet_length(p_envelope) - 32), p_subkeys)
+       = pg_catalog.substr(p_envelope, pg_catalog.octet_length(p_envelope) - 31, 32);
+
+-- The plaintext bytes of an authentic envelope.
+CREATE OR REPLACE FUNCTION public._provision_secret_plaintext(p_envelope bytea, p_subkeys bytea)
+RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN @extschema@.decrypt_iv(pg_catalog.substr(p_envelope, 26, pg_catalog.octet_length(p_envelope) - 57),
+                              pg_catalog.substr(p_subkeys, 1, 32),
+                              pg_catalog.substr(p_envelope, 10, 16), 'aes-cbc/pad:pkcs');
 
 -- Raises PA001 unless p_keys is a one-dimensional array from index 1 with at
 -- least one key, and every key is 32 bytes.
@@ -48,84 +105,40 @@ BEGIN
 END
 $$;
 
--- The id of a (checked) key: the first 8 bytes of HMAC-SHA256(key, 'pyaccess key id').
-CREATE OR REPLACE FUNCTION public._provision_secret_key_id(p_key bytea)
-RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT pg_catalog.substr(@extschema@.hmac('pyaccess key id'::bytea, p_key, 'sha256'), 1, 8) $$;
-
--- Seals p_plaintext for group p_group_id under p_key, whose id is p_key_id.
-CREATE OR REPLACE FUNCTION public._provision_secret_seal(
-    p_group_id uuid, p_plaintext bytea, p_key bytea, p_key_id bytea)
-RETURNS bytea
-LANGUAGE plpgsql VOLATILE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_keys bytea := @extschema@.hmac('pyaccess v1 keys'::bytea, p_key, 'sha512');
-    v_iv   bytea := @extschema@.gen_random_bytes(16);
-    v_body bytea;
-BEGIN
-    v_body := pg_catalog.decode('01', 'hex') || p_key_id || v_iv
-        || @extschema@.encrypt_iv(p_plaintext, pg_catalog.substr(v_keys, 1, 32), v_iv, 'aes-cbc/pad:pkcs');
-    RETURN v_body || @extschema@.hmac(pg_catalog.uuid_send(p_group_id) || v_body,
-                                      pg_catalog.substr(v_keys, 33, 32), 'sha256');
-END
-$$;
-
--- Opens the envelope of group p_group_id with whichever key of p_keys
--- (checked) sealed it: PA005 when none did, PA006 when the envelope is malformed,
--- altered or belongs to another group. Returns the plaintext bytes.
-CREATE OR REPLACE FUNCTION public._provision_secret_open(
-    p_group_id uuid, p_envelope bytea, p_keys bytea[])
+-- Raises the error for an envelope that cannot be opened with p_keys: PA006
+-- when malformed, PA005 when no key of p_keys sealed it, else PA006 (its tag
+-- is wrong). Called only on those paths; returns nothing ever.
+CREATE OR REPLACE FUNCTION public._provision_secret_refuse(p_group_id uuid, p_envelope bytea, p_keys bytea[])
 RETURNS bytea
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_len     integer := pg_catalog.octet_length(p_envelope);
-    v_key_id  bytea;
-    v_key     bytea;
-    v_id      bytea;
-    v_ring    text[] := '{}';
-    v_keys    bytea;
+    v_ids text[];
 BEGIN
-    IF v_len < 73 OR (v_len - 57) % 16 <> 0 OR pg_catalog.get_byte(p_envelope, 0) <> 1 THEN
+    IF NOT public._provision_secret_well_formed(p_envelope) THEN
         RAISE EXCEPTION USING
             ERRCODE = 'PA006',
             MESSAGE = pg_catalog.format(
                 'the provision secret of OTA group %s is malformed or of an unknown format', p_group_id);
     END IF;
-    v_key_id := pg_catalog.substr(p_envelope, 2, 8);
-    FOREACH v_key IN ARRAY p_keys LOOP
-        v_id := public._provision_secret_key_id(v_key);
-        IF v_id = v_key_id THEN
-            v_keys := @extschema@.hmac('pyaccess v1 keys'::bytea, v_key, 'sha512');
-            EXIT;
-        END IF;
-        v_ring := v_ring || pg_catalog.encode(v_id, 'hex');
-    END LOOP;
-    IF v_keys IS NULL THEN
+    SELECT pg_catalog.array_agg(pg_catalog.encode(public._provision_secret_key_id(k), 'hex'))
+      INTO v_ids
+      FROM pg_catalog.unnest(p_keys) AS k;
+    IF NOT pg_catalog.encode(pg_catalog.substr(p_envelope, 2, 8), 'hex') = ANY (v_ids) THEN
         RAISE EXCEPTION USING
             ERRCODE = 'PA005',
             MESSAGE = pg_catalog.format(
                 'the provision secret of OTA group %s was encrypted under key id %s, not under the given key ids %s',
-                p_group_id, pg_catalog.encode(v_key_id, 'hex'), pg_catalog.array_to_string(v_ring, ', ')),
+                p_group_id, pg_catalog.encode(pg_catalog.substr(p_envelope, 2, 8), 'hex'),
+                pg_catalog.array_to_string(v_ids, ', ')),
             HINT = 'add the key with that id to previous_keys in the key file';
     END IF;
-    IF @extschema@.hmac(pg_catalog.uuid_send(p_group_id) || pg_catalog.substr(p_envelope, 1, v_len - 32),
-                        pg_catalog.substr(v_keys, 33, 32), 'sha256')
-       <> pg_catalog.substr(p_envelope, v_len - 31, 32) THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'PA006',
-            MESSAGE = pg_catalog.format(
-                'the provision secret of OTA group %s failed authentication: it was altered or copied from another group',
-                p_group_id);
-    END IF;
-    RETURN @extschema@.decrypt_iv(pg_catalog.substr(p_envelope, 26, v_len - 57),
-                                  pg_catalog.substr(v_keys, 1, 32),
-                                  pg_catalog.substr(p_envelope, 10, 16), 'aes-cbc/pad:pkcs');
+    RAISE EXCEPTION USING
+        ERRCODE = 'PA006',
+        MESSAGE = pg_catalog.format(
+            'the provision secret of OTA group %s failed authentication: it was altered or copied from another group',
+            p_group_id);
 END
 $$;
 
@@ -184,19 +197,23 @@ DECLARE
     p_group_id ALIAS FOR $1;
     p_secret   ALIAS FOR $2;
     p_key      ALIAS FOR $3;
-    v_key_id    bytea;
     v_plaintext bytea := pg_catalog.convert_to(p_secret, 'UTF8');
+    v_iv        bytea := @extschema@.gen_random_bytes(16);
+    v_subkeys   bytea;
+    v_body      bytea;
 BEGIN
     PERFORM public._provision_secret_check_keys(ARRAY[p_key]);
-    v_key_id := public._provision_secret_key_id(p_key);
     IF v_plaintext IS NULL OR pg_catalog.octet_length(v_plaintext) NOT BETWEEN 1 AND 4096 THEN
         RAISE EXCEPTION USING
             ERRCODE = 'PA002',
             MESSAGE = pg_catalog.format(
                 'the provision secret for OTA group %s must be 1 to 4096 bytes of UTF-8 text', p_group_id);
     END IF;
+    v_subkeys := public._provision_secret_subkeys(p_key);
+    -- (a volatile argument would keep _provision_secret_body from being inlined: hence v_iv)
+    v_body := public._provision_secret_body(public._provision_secret_key_id(p_key), v_subkeys, v_iv, v_plaintext);
     UPDATE public.ota_groups
-       SET provision_secret_ciphertext = public._provision_secret_seal(p_group_id, v_plaintext, p_key, v_key_id)
+       SET provision_secret_ciphertext = v_body || public._provision_secret_tag(p_group_id, v_body, v_subkeys)
      WHERE id = p_group_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING
@@ -207,9 +224,9 @@ END
 $$;
 
 -- Returns the provision secret of OTA group group_id, sealed under any key
--- of keys (a key ring: the current key and the previous ones).
--- PA001 bad key, PA003 no group, PA004 no secret, PA005 key not given,
--- PA006 altered or moved ciphertext.
+-- of keys (a key ring: the current key and the previous ones), picked by the
+-- stored key id. PA001 bad key, PA003 no group, PA004 no secret, PA005 key
+-- not given, PA006 altered, truncated or moved ciphertext.
 CREATE OR REPLACE FUNCTION public.get_provision_secret(group_id uuid, keys bytea[])
 RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -219,6 +236,8 @@ DECLARE
     p_group_id ALIAS FOR $1;
     p_keys     ALIAS FOR $2;
     v_envelope bytea;
+    v_key      bytea;
+    v_subkeys  bytea;
 BEGIN
     PERFORM public._provision_secret_check_keys(p_keys);
     SELECT g.provision_secret_ciphertext INTO v_envelope
@@ -234,7 +253,18 @@ BEGIN
             ERRCODE = 'PA004',
             MESSAGE = pg_catalog.format('OTA group %s has no provision secret stored', p_group_id);
     END IF;
-    RETURN pg_catalog.convert_from(public._provision_secret_open(p_group_id, v_envelope, p_keys), 'UTF8');
+    IF public._provision_secret_well_formed(v_envelope) THEN
+        FOREACH v_key IN ARRAY p_keys LOOP
+            IF public._provision_secret_key_id(v_key) = pg_catalog.substr(v_envelope, 2, 8) THEN
+                v_subkeys := public._provision_secret_subkeys(v_key);
+                EXIT;
+            END IF;
+        END LOOP;
+    END IF;
+    IF v_subkeys IS NULL OR NOT public._provision_secret_authentic(p_group_id, v_envelope, v_subkeys) THEN
+        PERFORM public._provision_secret_refuse(p_group_id, v_envelope, p_keys);
+    END IF;
+    RETURN pg_catalog.convert_from(public._provision_secret_plaintext(v_envelope, v_subkeys), 'UTF8');
 END
 $$;
 
@@ -280,8 +310,10 @@ $$;
 -- key of keys, taking them in id order after after_group_id, and returns
 -- each group re-encrypted with the id of its old key. Rows are locked, so a
 -- secret stored concurrently is never overwritten by a stale re-encryption.
--- The plaintext never leaves the server. PA005 for a secret under a key
--- not in keys (the batch is then rolled back as a whole).
+-- The plaintext never leaves the server. The ring's key ids and subkeys are
+-- derived once per batch, not per row. PA005 for a secret under a key not
+-- in keys, PA006 for one that fails authentication (the batch then rolls
+-- back as a whole).
 CREATE OR REPLACE FUNCTION public.rewrap_provision_secrets(
     keys bytea[], after_group_id uuid DEFAULT NULL, batch_size integer DEFAULT 1000)
 RETURNS TABLE (group_id uuid, old_key_id text)
@@ -292,30 +324,48 @@ DECLARE
     p_keys  ALIAS FOR $1;
     p_after ALIAS FOR $2;
     p_limit ALIAS FOR $3;
-    v_key_id bytea;
+    v_ids     bytea[];
+    v_subkeys bytea[];
 BEGIN
     PERFORM public._provision_secret_check_keys(p_keys);
     IF p_limit IS NULL OR p_limit < 1 THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'batch_size must be at least 1';
     END IF;
-    v_key_id := public._provision_secret_key_id(p_keys[1]);
+    SELECT pg_catalog.array_agg(public._provision_secret_key_id(k) ORDER BY n),
+           pg_catalog.array_agg(public._provision_secret_subkeys(k) ORDER BY n)
+      INTO v_ids, v_subkeys
+      FROM pg_catalog.unnest(p_keys) WITH ORDINALITY AS r(k, n);
     RETURN QUERY
     WITH todo AS (
-        SELECT g.id, g.provision_secret_ciphertext AS envelope
+        SELECT g.id, g.provision_secret_ciphertext AS envelope,
+               v_subkeys[pg_catalog.array_position(v_ids, pg_catalog.substr(g.provision_secret_ciphertext, 2, 8))]
+                   AS subkeys
           FROM public.ota_groups AS g
          WHERE g.provision_secret_ciphertext IS NOT NULL
-           AND pg_catalog.substr(g.provision_secret_ciphertext, 2, 8) <> v_key_id
-           AND (p_after IS NULL OR g.id > p_after)
+           AND pg_catalog.substr(g.provision_secret_ciphertext, 2, 8) <> v_ids[1]
+           AND g.id > COALESCE(p_after, '00000000-0000-0000-0000-000000000000'::uuid)
          ORDER BY g.id
          LIMIT p_limit
            FOR UPDATE
+    ), opened AS (
+        SELECT todo.id, todo.envelope, @extschema@.gen_random_bytes(16) AS iv,
+               CASE WHEN todo.subkeys IS NOT NULL
+                         AND public._provision_secret_well_formed(todo.envelope)
+                         AND public._provision_secret_authentic(todo.id, todo.envelope, todo.subkeys)
+                    THEN public._provision_secret_plaintext(todo.envelope, todo.subkeys)
+                    ELSE public._provision_secret_refuse(todo.id, todo.envelope, p_keys)
+               END AS plaintext
+          FROM todo
+    ), sealed AS (
+        SELECT opened.id, opened.envelope,
+               public._provision_secret_body(v_ids[1], v_subkeys[1], opened.iv, opened.plaintext) AS body
+          FROM opened
     ), done AS (
         UPDATE public.ota_groups AS g
-           SET provision_secret_ciphertext = public._provision_secret_seal(
-                   g.id, public._provision_secret_open(g.id, todo.envelope, p_keys), p_keys[1], v_key_id)
-          FROM todo
-         WHERE g.id = todo.id
-        RETURNING g.id AS gid, pg_catalog.encode(pg_catalog.substr(todo.envelope, 2, 8), 'hex') AS kid
+           SET provision_secret_ciphertext = sealed.body || public._provision_secret_tag(g.id, sealed.body, v_subkeys[1])
+          FROM sealed
+         WHERE g.id = sealed.id
+        RETURNING g.id AS gid, pg_catalog.encode(pg_catalog.substr(sealed.envelope, 2, 8), 'hex') AS kid
     )
     SELECT done.gid, done.kid FROM done ORDER BY done.gid;
 END
@@ -357,10 +407,15 @@ $$;
 -- Privileges: nothing for PUBLIC, each role exactly its function
 -- =====================================================================
 
-REVOKE ALL ON FUNCTION public._provision_secret_check_keys(bytea[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public._provision_secret_key_id(bytea) FROM PUBLIC;
-REVOKE ALL ON FUNCTION public._provision_secret_seal(uuid, bytea, bytea, bytea) FROM PUBLIC;
-REVOKE ALL ON FUNCTION public._provision_secret_open(uuid, bytea, bytea[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public._provision_secret_subkeys(bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public._provision_secret_body(bytea, bytea, bytea, bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public._provision_secret_tag(uuid, bytea, bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public._provision_secret_well_formed(bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public._provision_secret_authentic(uuid, bytea, bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public._provision_secret_plaintext(bytea, bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public._provision_secret_check_keys(bytea[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public._provision_secret_refuse(uuid, bytea, bytea[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.store_provision_secret(uuid, text, bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.get_provision_secret(uuid, bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.get_provision_secret(uuid, bytea[]) FROM PUBLIC;

@@ -263,8 +263,11 @@ DIRECT_ACCESS = (
     "SELECT pg_catalog.count(*) FROM public.ota_groups WHERE provision_secret_ciphertext IS NOT NULL",
     "UPDATE public.ota_groups SET provision_secret_ciphertext = NULL",
     "DELETE FROM public.ota_groups",
-    "SELECT public._provision_secret_open(gen_random_uuid(), '\\x00'::bytea, ARRAY['\\x00'::bytea])",
-    "SELECT public._provision_secret_seal(gen_random_uuid(), '\\x00'::bytea, '\\x00'::bytea, '\\x00'::bytea)",
+    "SELECT public._provision_secret_plaintext('\\x00'::bytea, '\\x00'::bytea)",
+    "SELECT public._provision_secret_body('\\x00'::bytea, '\\x00'::bytea, '\\x00'::bytea, '\\x00'::bytea)",
+    "SELECT public._provision_secret_tag(gen_random_uuid(), '\\x00'::bytea, '\\x00'::bytea)",
+    "SELECT public._provision_secret_subkeys('\\x00'::bytea)",
+    "SELECT public._provision_secret_refuse(gen_random_uuid(), '\\x00'::bytea, ARRAY['\\x00'::bytea])",
     "SELECT public._provision_secret_key_id('\\x00'::bytea)",
     "SELECT public._provision_secret_check_keys(ARRAY['\\x00'::bytea])",
 )

@@ -7,7 +7,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 
-SELECT plan(58);
+SELECT plan(68);
 
 -- ---------------------------------------------------------------------
 -- pgcrypto and the table
@@ -66,12 +66,22 @@ SELECT has_function('public', 'provision_secret_log_exposure', ARRAY[]::name[],
                     'function provision_secret_log_exposure() exists');
 SELECT has_function('public', '_provision_secret_check_keys', ARRAY['bytea[]'],
                     'private helper _provision_secret_check_keys(bytea[]) exists');
+SELECT has_function('public', '_provision_secret_refuse', ARRAY['uuid', 'bytea', 'bytea[]'],
+                    'private helper _provision_secret_refuse(uuid, bytea, bytea[]) exists');
 SELECT has_function('public', '_provision_secret_key_id', ARRAY['bytea'],
                     'private helper _provision_secret_key_id(bytea) exists');
-SELECT has_function('public', '_provision_secret_seal', ARRAY['uuid', 'bytea', 'bytea', 'bytea'],
-                    'private helper _provision_secret_seal(uuid, bytea, bytea, bytea) exists');
-SELECT has_function('public', '_provision_secret_open', ARRAY['uuid', 'bytea', 'bytea[]'],
-                    'private helper _provision_secret_open(uuid, bytea, bytea[]) exists');
+SELECT has_function('public', '_provision_secret_subkeys', ARRAY['bytea'],
+                    'private helper _provision_secret_subkeys(bytea) exists');
+SELECT has_function('public', '_provision_secret_body', ARRAY['bytea', 'bytea', 'bytea', 'bytea'],
+                    'private helper _provision_secret_body(bytea, bytea, bytea, bytea) exists');
+SELECT has_function('public', '_provision_secret_tag', ARRAY['uuid', 'bytea', 'bytea'],
+                    'private helper _provision_secret_tag(uuid, bytea, bytea) exists');
+SELECT has_function('public', '_provision_secret_well_formed', ARRAY['bytea'],
+                    'private helper _provision_secret_well_formed(bytea) exists');
+SELECT has_function('public', '_provision_secret_authentic', ARRAY['uuid', 'bytea', 'bytea'],
+                    'private helper _provision_secret_authentic(uuid, bytea, bytea) exists');
+SELECT has_function('public', '_provision_secret_plaintext', ARRAY['bytea', 'bytea'],
+                    'private helper _provision_secret_plaintext(bytea, bytea) exists');
 
 -- A function added without being listed here would also escape the
 -- privilege checks of 02_privileges.sql.
@@ -90,10 +100,15 @@ SELECT is_empty(
               'provision_secret_session_guard()',
               'provision_secret_log_exposure()',
               '_provision_secret_check_keys(bytea[])',
+              '_provision_secret_refuse(uuid, bytea, bytea[])',
               '_provision_secret_key_id(bytea)',
-              '_provision_secret_seal(uuid, bytea, bytea, bytea)',
-              '_provision_secret_open(uuid, bytea, bytea[])') $$,
-    'public has no provision secret function beyond the twelve tested here'
+              '_provision_secret_subkeys(bytea)',
+              '_provision_secret_body(bytea, bytea, bytea, bytea)',
+              '_provision_secret_tag(uuid, bytea, bytea)',
+              '_provision_secret_well_formed(bytea)',
+              '_provision_secret_authentic(uuid, bytea, bytea)',
+              '_provision_secret_plaintext(bytea, bytea)') $$,
+    'public has no provision secret function beyond the seventeen tested here'
 );
 
 SELECT function_returns('public', 'store_provision_secret', ARRAY['uuid', 'text', 'bytea'], 'void',
@@ -131,8 +146,10 @@ SELECT isnt_definer('public', 'provision_secret_log_exposure', ARRAY[]::name[],
                     'provision_secret_log_exposure() is SECURITY INVOKER (it reads the caller''s session settings)');
 
 -- ---------------------------------------------------------------------
--- Every function pins its search_path (pg_temp last, so a caller's
--- temporary objects can never shadow anything)
+-- Every function whose names are resolved at run time pins its
+-- search_path (pg_temp last, so a caller's temporary objects can never
+-- shadow anything); the expression helpers have SQL-standard bodies,
+-- resolved once at CREATE, and no SET clause, so they are inlined
 -- ---------------------------------------------------------------------
 
 SELECT is(
@@ -149,11 +166,45 @@ SELECT is(
                (7, 'public.provision_secret_session_guard()'),
                (8, 'public.provision_secret_log_exposure()'),
                (9, 'public._provision_secret_check_keys(bytea[])'),
-               (10, 'public._provision_secret_key_id(bytea)'),
-               (11, 'public._provision_secret_seal(uuid, bytea, bytea, bytea)'),
-               (12, 'public._provision_secret_open(uuid, bytea, bytea[])')) AS f (n, signature)
+               (10, 'public._provision_secret_refuse(uuid, bytea, bytea[])')) AS f (n, signature)
   LEFT JOIN pg_catalog.pg_proc AS p ON p.oid = pg_catalog.to_regprocedure(f.signature)
  ORDER BY f.n;
+
+SELECT ok(
+    (SELECT p.prosqlbody IS NOT NULL AND p.proconfig IS NULL AND NOT p.prosecdef
+       FROM pg_catalog.pg_proc AS p WHERE p.oid = 'public._provision_secret_key_id(bytea)'::regprocedure),
+    '_provision_secret_key_id(bytea) has a SQL-standard body (names bound at CREATE) and no SET clause (inlinable)'
+);
+SELECT ok(
+    (SELECT p.prosqlbody IS NOT NULL AND p.proconfig IS NULL AND NOT p.prosecdef
+       FROM pg_catalog.pg_proc AS p WHERE p.oid = 'public._provision_secret_subkeys(bytea)'::regprocedure),
+    '_provision_secret_subkeys(bytea) has a SQL-standard body (names bound at CREATE) and no SET clause (inlinable)'
+);
+SELECT ok(
+    (SELECT p.prosqlbody IS NOT NULL AND p.proconfig IS NULL AND NOT p.prosecdef
+       FROM pg_catalog.pg_proc AS p WHERE p.oid = 'public._provision_secret_body(bytea, bytea, bytea, bytea)'::regprocedure),
+    '_provision_secret_body(bytea, bytea, bytea, bytea) has a SQL-standard body (names bound at CREATE) and no SET clause (inlinable)'
+);
+SELECT ok(
+    (SELECT p.prosqlbody IS NOT NULL AND p.proconfig IS NULL AND NOT p.prosecdef
+       FROM pg_catalog.pg_proc AS p WHERE p.oid = 'public._provision_secret_tag(uuid, bytea, bytea)'::regprocedure),
+    '_provision_secret_tag(uuid, bytea, bytea) has a SQL-standard body (names bound at CREATE) and no SET clause (inlinable)'
+);
+SELECT ok(
+    (SELECT p.prosqlbody IS NOT NULL AND p.proconfig IS NULL AND NOT p.prosecdef
+       FROM pg_catalog.pg_proc AS p WHERE p.oid = 'public._provision_secret_well_formed(bytea)'::regprocedure),
+    '_provision_secret_well_formed(bytea) has a SQL-standard body (names bound at CREATE) and no SET clause (inlinable)'
+);
+SELECT ok(
+    (SELECT p.prosqlbody IS NOT NULL AND p.proconfig IS NULL AND NOT p.prosecdef
+       FROM pg_catalog.pg_proc AS p WHERE p.oid = 'public._provision_secret_authentic(uuid, bytea, bytea)'::regprocedure),
+    '_provision_secret_authentic(uuid, bytea, bytea) has a SQL-standard body (names bound at CREATE) and no SET clause (inlinable)'
+);
+SELECT ok(
+    (SELECT p.prosqlbody IS NOT NULL AND p.proconfig IS NULL AND NOT p.prosecdef
+       FROM pg_catalog.pg_proc AS p WHERE p.oid = 'public._provision_secret_plaintext(bytea, bytea)'::regprocedure),
+    '_provision_secret_plaintext(bytea, bytea) has a SQL-standard body (names bound at CREATE) and no SET clause (inlinable)'
+);
 
 -- ---------------------------------------------------------------------
 -- The two group roles: present, NOLOGIN, no special powers

@@ -9,7 +9,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 
-SELECT plan(70);
+SELECT plan(85);
 
 -- ---------------------------------------------------------------------
 -- EXECUTE in the catalog: each role exactly its functions, PUBLIC nothing,
@@ -35,9 +35,14 @@ SELECT function_privs_are(
         ( 7, 'provision_secret_session_guard', ARRAY[]::text[],                                 true,  true),
         ( 8, 'provision_secret_log_exposure',  ARRAY[]::text[],                                 true,  true),
         ( 9, '_provision_secret_check_keys',   ARRAY['bytea[]'],                                false, false),
-        (10, '_provision_secret_key_id',       ARRAY['bytea'],                                  false, false),
-        (11, '_provision_secret_seal',         ARRAY['uuid', 'bytea', 'bytea', 'bytea'],        false, false),
-        (12, '_provision_secret_open',         ARRAY['uuid', 'bytea', 'bytea[]'],               false, false)
+        (10, '_provision_secret_refuse',       ARRAY['uuid', 'bytea', 'bytea[]'],               false, false),
+        (11, '_provision_secret_key_id',       ARRAY['bytea'],                                  false, false),
+        (12, '_provision_secret_subkeys',      ARRAY['bytea'],                                  false, false),
+        (13, '_provision_secret_body',         ARRAY['bytea', 'bytea', 'bytea', 'bytea'],       false, false),
+        (14, '_provision_secret_tag',          ARRAY['uuid', 'bytea', 'bytea'],                 false, false),
+        (15, '_provision_secret_well_formed',  ARRAY['bytea'],                                  false, false),
+        (16, '_provision_secret_authentic',    ARRAY['uuid', 'bytea', 'bytea'],                 false, false),
+        (17, '_provision_secret_plaintext',    ARRAY['bytea', 'bytea'],                         false, false)
        ) AS f (n, name, args, writer, reader)
  CROSS JOIN (VALUES (1, 'provision_secret_writer'),
                     (2, 'provision_secret_reader'),
@@ -124,10 +129,10 @@ SELECT throws_ok(
     'a member of provision_secret_writer cannot UPDATE the encrypted column directly'
 );
 SELECT throws_ok(
-    $$ SELECT public._provision_secret_seal('ffffffff-ffff-ffff-ffff-000000000201', '\x00'::bytea,
-                                            decode(repeat('ab', 32), 'hex'), '\x00'::bytea) $$,
+    $$ SELECT public._provision_secret_tag('ffffffff-ffff-ffff-ffff-000000000201', '\x00'::bytea,
+                                           decode(repeat('ab', 64), 'hex')) $$,
     '42501', NULL,
-    'a member of provision_secret_writer cannot call the private helper _provision_secret_seal'
+    'a member of provision_secret_writer cannot call the private helper _provision_secret_tag'
 );
 
 RESET ROLE;
@@ -172,10 +177,9 @@ SELECT throws_ok(
     'a member of provision_secret_reader cannot SELECT the encrypted column'
 );
 SELECT throws_ok(
-    $$ SELECT public._provision_secret_open('ffffffff-ffff-ffff-ffff-000000000201', '\x00'::bytea,
-                                            ARRAY[decode(repeat('ab', 32), 'hex')]) $$,
+    $$ SELECT public._provision_secret_plaintext('\x00'::bytea, decode(repeat('ab', 64), 'hex')) $$,
     '42501', NULL,
-    'a member of provision_secret_reader cannot call the private helper _provision_secret_open'
+    'a member of provision_secret_reader cannot call the private helper _provision_secret_plaintext'
 );
 
 RESET ROLE;
