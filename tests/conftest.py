@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import signal
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -172,6 +173,16 @@ def user_dsn(dsn: str, user: str, password: str | None = None) -> str:
     if password is not None:
         params["password"] = password
     return make_conninfo(**{k: str(v) for k, v in params.items()})
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (a CI timeout, `timeout`) becomes an interrupt, so that the fixtures'
+    # finalizers still stop the throwaway clusters instead of leaving them running.
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
