@@ -3,6 +3,7 @@ and the client's share, measured on separate connections after the timed section
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,12 +18,46 @@ from bench.dataset import Dataset
 from bench.latency import PLAIN_GET, PLAIN_STORE, Samples, Variant, run_rounds, warm_up
 from pyaccess import queries
 from pyaccess.keyfile import load_key_ring
+from pyaccess.wire import prepare_adapters
+
+# The functions a get and a store call: where the helpers they use are looked up.
+ENTRY_FUNCTIONS = {
+    "pyaccess get": "public.get_provision_secret(uuid, bytea[])",
+    "pyaccess store": "public.store_provision_secret(uuid, text, bytea)",
+}
+HELPER_PREFIX = "_provision_secret_"
+
+
+@dataclass(frozen=True)
+class FunctionStat:
+    """One function as ``track_functions`` saw it during one kind of API call, per API call."""
+
+    op: str  # "pyaccess get" or "pyaccess store"
+    name: str  # schema.name(arguments)
+    language: str
+    calls: float
+    total_us: float
+    self_us: float
+
+    @property
+    def short(self) -> str:
+        return self.name.split("(", 1)[0]
+
+
+@dataclass(frozen=True)
+class Helper:
+    """A ``public._provision_secret_*`` function and how often one get and one store called it."""
+
+    name: str
+    language: str
+    calls: dict[str, float | None]  # op -> calls per API call; None: the op does not use this helper
 
 
 @dataclass
 class Analysis:
-    functions: list[tuple[str, int, float, float]] = field(default_factory=list)  # name, calls, total µs, self µs
-    statements: list[tuple[str, int, float]] = field(default_factory=list)  # query, calls per op, mean exec µs
+    functions: list[FunctionStat] = field(default_factory=list)
+    helpers: list[Helper] = field(default_factory=list)
+    statements: list[tuple[str, str, int, float]] = field(default_factory=list)  # op, query, per op, mean exec µs
     loops: list[tuple[str, float]] = field(default_factory=list)  # expression, µs per evaluation in one transaction
     client: dict[str, Samples] = field(default_factory=dict)
     client_variants: list[Variant] = field(default_factory=list)
@@ -46,13 +81,40 @@ def _flush_stats(conn: psycopg.Connection[Any]) -> None:
     time.sleep(0.2)
 
 
-def _function_stats(reader: psycopg.Connection[Any]) -> dict[str, tuple[int, float, float]]:
+def _function_stats(reader: psycopg.Connection[Any]) -> dict[tuple[str, str], tuple[int, float, float]]:
+    """(name, language) -> (calls, total ms, self ms) of every function called so far."""
     reader.execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
     rows = reader.execute(
-        "SELECT schemaname || '.' || funcname || '(' || pg_catalog.pg_get_function_identity_arguments(funcid) || ')',"
-        " calls, total_time, self_time FROM pg_catalog.pg_stat_user_functions"
+        "SELECT s.schemaname || '.' || s.funcname || '(' || pg_catalog.pg_get_function_identity_arguments(s.funcid)"
+        " || ')', l.lanname, s.calls, s.total_time, s.self_time FROM pg_catalog.pg_stat_user_functions AS s"
+        " JOIN pg_catalog.pg_proc AS p ON p.oid = s.funcid JOIN pg_catalog.pg_language AS l ON l.oid = p.prolang"
     ).fetchall()
-    return {str(r[0]): (int(r[1]), float(r[2]), float(r[3])) for r in rows}
+    return {(str(r[0]), str(r[1])): (int(r[2]), float(r[3]), float(r[4])) for r in rows}
+
+
+def _helper_uses(reader: psycopg.Connection[Any]) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """The helpers' languages, and for each API call the helpers it uses, directly or through another helper."""
+    rows = reader.execute(
+        "SELECT p.proname, l.lanname, pg_catalog.pg_get_functiondef(p.oid) FROM pg_catalog.pg_proc AS p"
+        " JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace"
+        " JOIN pg_catalog.pg_language AS l ON l.oid = p.prolang"
+        " WHERE n.nspname = 'public' AND pg_catalog.starts_with(p.proname, %s)",
+        (HELPER_PREFIX,),
+    ).fetchall()
+    languages = {str(name): str(lang) for name, lang, _ in rows}
+    pattern = re.compile(rf"\bpublic\.({HELPER_PREFIX}\w+)\(")
+    refers = {str(name): set(pattern.findall(str(body))) - {str(name)} for name, _, body in rows}
+    uses: dict[str, set[str]] = {}
+    for op, entry in ENTRY_FUNCTIONS.items():
+        row = reader.execute("SELECT pg_catalog.pg_get_functiondef(%s::regprocedure)", (entry,)).fetchone()
+        todo = set(pattern.findall(str(row[0]))) if row else set()
+        seen: set[str] = set()
+        while todo:
+            name = todo.pop()
+            seen.add(name)
+            todo |= refers.get(name, set()) - seen
+        uses[op] = seen
+    return languages, uses
 
 
 def track_functions(dsn: str, data: Dataset, calls: int, analysis: Analysis) -> None:
@@ -72,7 +134,8 @@ def _track_functions(dsn: str, data: Dataset, calls: int, analysis: Analysis) ->
             return
         ops = _ops(conn, data)
         ids = data.group_ids
-        for name in ("pyaccess get", "pyaccess store"):
+        per_op: dict[str, dict[str, float]] = {}
+        for name in ENTRY_FUNCTIONS:
             for i in range(50):
                 ops[name](ids[i])
             _flush_stats(conn)
@@ -81,14 +144,22 @@ def _track_functions(dsn: str, data: Dataset, calls: int, analysis: Analysis) ->
                 ops[name](ids[i % len(ids)])
             _flush_stats(conn)
             after = _function_stats(reader)
-            for fn, (c, total, self_) in sorted(after.items(), key=lambda kv: -kv[1][1]):
-                c0, t0, s0 = before.get(fn, (0, 0.0, 0.0))
+            per_op[name] = {}
+            for (fn, lang), (c, total, self_) in sorted(after.items(), key=lambda kv: -kv[1][1]):
+                c0, t0, s0 = before.get((fn, lang), (0, 0.0, 0.0))
                 if c - c0 <= 0:
                     continue
-                per_op = (c - c0) / calls
-                analysis.functions.append(
-                    (f"{name}: {fn}", round(per_op), 1e3 * (total - t0) / calls, 1e3 * (self_ - s0) / calls)
+                stat = FunctionStat(
+                    name, fn, lang, (c - c0) / calls, 1e3 * (total - t0) / calls, 1e3 * (self_ - s0) / calls
                 )
+                analysis.functions.append(stat)
+                per_op[name][stat.short] = stat.calls
+        languages, uses = _helper_uses(reader)
+        for helper in sorted(languages):
+            calls_by_op: dict[str, float | None] = {
+                op: per_op[op].get(f"public.{helper}", 0.0) if helper in uses[op] else None for op in ENTRY_FUNCTIONS
+            }
+            analysis.helpers.append(Helper(helper, languages[helper], calls_by_op))
 
 
 def statement_stats(dsn: str, data: Dataset, calls: int, analysis: Analysis) -> None:
@@ -117,7 +188,7 @@ def statement_stats(dsn: str, data: Dataset, calls: int, analysis: Analysis) -> 
             for query, n, mean_ms in rows:
                 if int(n) >= calls // 2:
                     short = " ".join(str(query).split())
-                    analysis.statements.append((f"{name}: {short[:110]}", round(int(n) / calls), 1e3 * float(mean_ms)))
+                    analysis.statements.append((name, short[:110], round(int(n) / calls), 1e3 * float(mean_ms)))
 
 
 LOOP_EXPRESSIONS = [
@@ -162,29 +233,31 @@ def client_share(conn: psycopg.Connection[Any], data: Dataset, rounds: int, bloc
     """The pyaccess get call path taken apart, interleaved like the latency section."""
     key_file = data.keys.current
     ring = load_key_ring(key_file)
+    prepare_adapters(conn)
     floor = "plain SELECT (floor)"
 
     def plain(gid: uuid.UUID, _s: str) -> object:
         return conn.execute(PLAIN_GET, (gid,), prepare=True).fetchone()
 
-    def bare_one_key(gid: uuid.UUID, _s: str) -> object:
-        query = "SELECT public.get_provision_secret(%s::uuid, %b::bytea)"
-        return conn.execute(query, (gid, ring.current.material), prepare=True).fetchone()
-
-    def bare(gid: uuid.UUID, _s: str) -> object:
+    def bare_list(gid: uuid.UUID, _s: str) -> object:
         return conn.execute(queries.GET, (gid, ring.materials), prepare=True).fetchone()
 
+    def bare(gid: uuid.UUID, _s: str) -> object:
+        return conn.execute(queries.GET, (gid, ring.encoded), prepare=True).fetchone()
+
     def bare_load(gid: uuid.UUID, _s: str) -> object:
-        return conn.execute(queries.GET, (gid, load_key_ring(key_file).materials), prepare=True).fetchone()
+        return conn.execute(queries.GET, (gid, load_key_ring(key_file).encoded), prepare=True).fetchone()
 
     def full(gid: uuid.UUID, _s: str) -> object:
         return pyaccess.get_provision_secret(conn, gid, key_file=key_file)
 
     variants = [
         Variant(floor, "get", "plain", floor, plain),
-        Variant("GET query, key as one bytea", "get", "one bytea", floor, bare_one_key),
-        Variant("GET query, key ring as list (bytea[])", "get", "bare", floor, bare),
-        Variant("+ load_key_ring() per call", "get", "+ key file", floor, bare_load),
+        Variant(
+            "GET statement, key ring as a list (psycopg builds the bytea[] per call)", "get", "list", floor, bare_list
+        ),
+        Variant("GET statement, key ring pre-encoded (as pyaccess sends it)", "get", "encoded", floor, bare),
+        Variant("+ load_key_ring() per call (cached: one stat)", "get", "+ key file", floor, bare_load),
         Variant("pyaccess.get_provision_secret", "get", "pyaccess", floor, full),
     ]
     ids: Sequence[uuid.UUID] = data.group_ids

@@ -43,16 +43,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1000, help="rotation batch size")
     parser.add_argument("--mem-calls", type=int, default=100_000, help="get and store calls under tracemalloc")
     parser.add_argument(
-        "--prototypes",
-        action="store_true",
-        help="also measure the prototype SQL functions and Python call path (bench/prototypes.py)",
-    )
-    parser.add_argument(
         "--pin",
         choices=PIN_MODES,
-        default="same",
+        default="split",
         help="CPU placement of the benchmark thread and its server process for the single-connection sections:"
-        " same CPU (default: stable, measures CPU cost), split across two CPUs, or none (scheduler's choice)",
+        " split across two CPUs (default: each round trip crosses CPUs, as client and server on different hosts),"
+        " same CPU (pure CPU cost), or none (scheduler's choice)",
     )
     parser.add_argument("--skip", default="", help=f"comma-separated sections to skip: {', '.join(SECTIONS)}")
     parser.add_argument("--out", type=Path, default=BENCH_DIR, help="where results.md and chart.png go")
@@ -150,12 +146,6 @@ def run_rotation(args: argparse.Namespace, server: Server, keys: Any, results: d
     dsn = server.create_database("pyaccess_bench_rotation")
     log(f"rotation: loading {args.rows} rows")
     load_rotation_rows(dsn, args.rows, keys.key_a)
-    extra = {}
-    if args.prototypes:
-        from bench import prototypes  # noqa: PLC0415
-
-        prototypes.install(dsn)
-        extra = prototypes.rotators()
     log(f"rotation: {args.rot_rounds} rounds of rotate vs UPDATE over {args.rows} rows")
     results["rotation"] = rotation_bench.run_rotation(
         dsn,
@@ -164,7 +154,6 @@ def run_rotation(args: argparse.Namespace, server: Server, keys: Any, results: d
         rounds=args.rot_rounds,
         batch_size=args.batch_size,
         log=log,
-        extra_rotators=extra,
     )
 
 
@@ -172,10 +161,6 @@ def run_latency(args: argparse.Namespace, conn: psycopg.Connection[Any], data: A
     import secrets  # noqa: PLC0415
 
     variants = latency.standard_variants(conn, data)
-    if args.prototypes:
-        from bench import prototypes  # noqa: PLC0415
-
-        variants += prototypes.latency_variants(conn, data)
     latency.check_variants(variants, data)
     values = [secrets.token_urlsafe(32) for _ in range(1000)]
     latency.warm_up(variants, data.group_ids, values, args.warmup)

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from bench.common import Dist, dist
+from bench.common import dist
 from bench.dataset import Keys
 
 # The same rows, the same column, a new value of the same length, no crypto:
@@ -24,27 +24,19 @@ BASELINE_UPDATE = (
     " WHERE provision_secret_ciphertext IS NOT NULL"
 )
 
-Rotator = Callable[[psycopg.Connection[Any], Path, int, Callable[[int], None]], int]
-
 
 @dataclass
 class RotationResult:
     rows: int
     rotate_s: list[float] = field(default_factory=list)
-    rewrap_loop_s: list[float] = field(default_factory=list)
     update_s: list[float] = field(default_factory=list)
     noop_api_s: list[float] = field(default_factory=list)
     noop_cli_s: list[float] = field(default_factory=list)
     batch_ms_first: list[float] = field(default_factory=list)  # mean of the first 10% of batches
     batch_ms_last: list[float] = field(default_factory=list)  # mean of the last 10% of batches
-    extra: dict[str, list[float]] = field(default_factory=dict)  # prototype rotators, same rounds
 
     def ratio(self) -> float:
         return dist(self.rotate_s).median / dist(self.update_s).median
-
-    def d(self, name: str) -> Dist:
-        values: list[float] = getattr(self, name) if hasattr(self, name) else self.extra[name]
-        return dist(values)
 
 
 def pyaccess_rotator(
@@ -54,6 +46,11 @@ def pyaccess_rotator(
 
     report = rotate(conn, key_file=key_file, batch_size=batch_size, on_batch=on_batch)
     return report.reencrypted
+
+
+def _time_marks(marks: list[float]) -> Callable[[int], None]:
+    """An ``on_batch`` callback that notes when each batch ended."""
+    return lambda _n: marks.append(time.perf_counter())
 
 
 def _settle(conn: psycopg.Connection[Any]) -> None:
@@ -77,22 +74,16 @@ def run_rotation(
     rounds: int,
     batch_size: int,
     log: Callable[[str], None],
-    extra_rotators: dict[str, Rotator] | None = None,
 ) -> RotationResult:
     """Round by round: rotate all rows to the other key, and the plain UPDATE, in alternating order."""
     result = RotationResult(rows)
-    extra_rotators = extra_rotators or {}
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(BASELINE_UPDATE)  # untimed: from here on every run finds the table in the same shape
         _settle(conn)
         current = keys.current  # key A alone: every row is under A
-        step = 0
         for r in range(rounds):
-            tasks: list[tuple[str, Rotator | None]] = [("pyaccess", pyaccess_rotator), ("update", None)]
-            tasks += list(extra_rotators.items())
-            shift = r % len(tasks)
-            for name, rotator in [*tasks[shift:], *tasks[:shift]]:
-                if rotator is None:
+            for name in ("pyaccess", "update") if r % 2 == 0 else ("update", "pyaccess"):
+                if name == "update":
                     started = time.perf_counter()
                     cur = conn.execute(BASELINE_UPDATE)
                     elapsed = time.perf_counter() - started
@@ -101,26 +92,21 @@ def run_rotation(
                     result.update_s.append(elapsed)
                     log(f"  round {r + 1}: plain UPDATE {elapsed:.2f}s")
                 else:
-                    key_file = keys.b_over_a if step % 2 == 0 else keys.a_over_b
-                    step += 1
+                    key_file = keys.b_over_a if r % 2 == 0 else keys.a_over_b
                     marks: list[float] = []
                     started = time.perf_counter()
-                    done = rotator(conn, key_file, batch_size, lambda _n, m=marks: m.append(time.perf_counter()))
+                    done = pyaccess_rotator(conn, key_file, batch_size, _time_marks(marks))
                     elapsed = time.perf_counter() - started
                     if done != rows:
-                        raise RuntimeError(f"{name} re-encrypted {done} rows, not {rows}")
-                    if name == "pyaccess":
-                        result.rotate_s.append(elapsed)
-                        if marks:
-                            result.rewrap_loop_s.append(marks[-1] - started)
-                            gaps = [b - a for a, b in zip([started, *marks[:-1]], marks, strict=True)]
-                            tenth = max(1, len(gaps) // 10)
-                            result.batch_ms_first.append(1e3 * sum(gaps[:tenth]) / tenth)
-                            result.batch_ms_last.append(1e3 * sum(gaps[-tenth:]) / tenth)
-                    else:
-                        result.extra.setdefault(name, []).append(elapsed)
+                        raise RuntimeError(f"rotate re-encrypted {done} rows, not {rows}")
+                    result.rotate_s.append(elapsed)
+                    if marks:
+                        gaps = [b - a for a, b in zip([started, *marks[:-1]], marks, strict=True)]
+                        tenth = max(1, len(gaps) // 10)
+                        result.batch_ms_first.append(1e3 * sum(gaps[:tenth]) / tenth)
+                        result.batch_ms_last.append(1e3 * sum(gaps[-tenth:]) / tenth)
                     current = key_file
-                    log(f"  round {r + 1}: {name} rotate {elapsed:.2f}s (batches: {len(marks)})")
+                    log(f"  round {r + 1}: pyaccess rotate {elapsed:.2f}s (batches: {len(marks)})")
                 _settle(conn)
             # The fixed cost: nothing left to re-encrypt, through the API and through the command.
             started = time.perf_counter()
