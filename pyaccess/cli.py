@@ -6,6 +6,7 @@ Errors are one line on stderr and exit status 1; usage errors exit 2.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -161,16 +162,23 @@ def rotate(dsn: str, key_file: str | None, batch_size: int, dry_run: bool) -> No
     from pyaccess.rotation import rotate as run_rotation  # noqa: PLC0415
 
     bar: Any = None
+    started = time.monotonic()
 
     def on_start(total: int) -> None:
         nonlocal bar
         if total and not dry_run and sys.stderr.isatty():
-            bar = click.progressbar(length=total, label="re-encrypting", show_pos=True, file=sys.stderr)
+            bar = click.progressbar(
+                length=total,
+                label="re-encrypting",
+                show_pos=True,
+                item_show_func=lambda rate: None if rate is None else f"{rate:,.0f} rows/s",
+                file=sys.stderr,
+            )
             bar.__enter__()
 
     def on_batch(done: int) -> None:
         if bar is not None:
-            bar.update(done)
+            bar.update(done, (bar.pos + done) / max(time.monotonic() - started, 1e-9))
 
     with psycopg.connect(dsn) as conn:
         try:

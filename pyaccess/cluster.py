@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ClusterError", "LocalCluster", "find_bindir", "new_cluster", "throwaway_cluster"]
+__all__ = ["ClusterError", "LocalCluster", "find_bindir", "free_port", "new_cluster", "throwaway_cluster"]
 
 
 class ClusterError(RuntimeError):
@@ -40,7 +40,8 @@ def find_bindir() -> Path:
     raise ClusterError("no PostgreSQL server binaries found (install postgresql, or set PYACCESS_TEST_DSN)")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -118,7 +119,7 @@ def new_cluster(settings: Mapping[str, str] | None = None) -> LocalCluster:
     datadir = Path(tempfile.mkdtemp(prefix="pyaccess-pg-"))
     if os.geteuid() == 0:
         shutil.chown(datadir, "postgres", "postgres")
-    cluster = LocalCluster(bindir, datadir, _free_port(), dict(settings or {}))
+    cluster = LocalCluster(bindir, datadir, free_port(), dict(settings or {}))
     try:
         cluster.init()
         cluster.start()

@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -159,6 +160,15 @@ def new_group(conn: psycopg.Connection[tuple[object, ...]], name: str | None = N
     group_id = row[0]
     assert isinstance(group_id, uuid.UUID)
     return group_id
+
+
+async def new_group_async(conn: psycopg.AsyncConnection[Any]) -> uuid.UUID:
+    """:func:`new_group` on an async connection."""
+    cursor = await conn.execute("INSERT INTO ota_groups (name) VALUES (%s) RETURNING id", (f"group-{uuid.uuid4()}",))
+    row = await cursor.fetchone()
+    await conn.commit()
+    assert row is not None
+    return uuid.UUID(str(row[0]))
 
 
 @pytest.fixture

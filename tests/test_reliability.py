@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,8 +22,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -34,7 +32,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 import pyaccess
-from pyaccess.cluster import LocalCluster, find_bindir, new_cluster
+from pyaccess.cluster import LocalCluster, find_bindir, free_port, throwaway_cluster
 from pyaccess.keyfile import load_key_ring
 from pyaccess.migrate import apply_migrations
 from pyaccess.rotation import key_census, rotate
@@ -356,15 +354,6 @@ def test_rotation_under_load__no_reader_error_and_no_write_lost(
 # --- crashes -------------------------------------------------------------------------------
 
 
-@contextmanager
-def _cluster(settings: dict[str, str] | None = None) -> Iterator[LocalCluster]:
-    cluster = new_cluster(settings)
-    try:
-        yield cluster
-    finally:
-        cluster.destroy()
-
-
 def _store_until_cut_off(
     dsn: str,
     groups: list[uuid.UUID],
@@ -397,7 +386,7 @@ def _store_until_cut_off(
 @pytest.mark.cluster
 def test_immediate_shutdown_mid_load__every_store_that_returned_survives(key_file: Path) -> None:
     """``pg_ctl stop -m immediate`` under a store load, twice: after each restart every returned store reads back."""
-    with _cluster({"fsync": "on"}) as cluster:
+    with throwaway_cluster({"fsync": "on"}) as cluster:
         apply_migrations(cluster.dsn())
         with psycopg.connect(cluster.dsn()) as setup:
             groups = _groups(setup, 4 * WRITERS, "crash")
@@ -614,12 +603,6 @@ def test_connection_dropped_mid_call__raises_database_error_never_a_value(db: st
 # --- replicas ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _start_standby(primary: LocalCluster, settings: dict[str, str]) -> LocalCluster:
     """A hot standby of ``primary`` streaming from it: ``pg_basebackup -R`` into a new datadir, then started."""
     datadir = Path(tempfile.mkdtemp(prefix="pyaccess-standby-"))
@@ -631,7 +614,7 @@ def _start_standby(primary: LocalCluster, settings: dict[str, str]) -> LocalClus
     if os.geteuid() == 0:
         shutil.chown(datadir, "postgres", "postgres")
         command = ["runuser", "-u", "postgres", "--", *command]
-    standby = LocalCluster(primary.bindir, datadir, _free_port(), {"hot_standby": "on", **settings})
+    standby = LocalCluster(primary.bindir, datadir, free_port(), {"hot_standby": "on", **settings})
     try:
         done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
         assert done.returncode == 0, done.stderr
@@ -657,7 +640,7 @@ def test_streaming_replica__get_works_and_store_raises_read_only(
 ) -> None:
     """A hot standby built with pg_basebackup -R: reads work there (the session guard included), writes are refused."""
     key_hex = load_key_ring(key_file).current.material.hex()
-    with _cluster({"wal_level": "replica", "max_wal_senders": "4"}) as primary:
+    with throwaway_cluster({"wal_level": "replica", "max_wal_senders": "4"}) as primary:
         apply_migrations(primary.dsn())
         with psycopg.connect(primary.dsn(), autocommit=True) as conn:
             for role, member_of in (

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -230,3 +232,35 @@ def test_cli_rotate_and_census__report_counts_per_key_id(
     unknown = runner.invoke(main, ["census", "--dsn", db, "--key-file", str(key_file)])
     assert unknown.exit_code == 1
     assert "unknown" in unknown.output
+
+
+def test_cli_rotate__on_a_terminal__shows_a_progress_bar_with_rows_and_rate(
+    db: str, conn: Conn, key_file: Path, other_key_file: Path, tmp_path: Path
+) -> None:
+    _populate(conn, key_file, 300)
+    ring = _ring(tmp_path, other_key_file, key_file)
+    command = [sys.executable, "-m", "pyaccess.cli", "rotate", "--batch-size", "50", "--dsn", db]
+    command += ["--key-file", str(ring)]
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            timeout=60,
+            check=False,
+        )
+        os.close(terminal)
+        screen = b""
+        with contextlib.suppress(OSError):  # EIO once everything written to the terminal is read
+            while chunk := os.read(controller, 65536):
+                screen += chunk
+    finally:
+        os.close(controller)
+    assert done.returncode == 0
+    assert b"re-encrypted 300 secret(s)" in done.stdout
+    text = screen.decode(errors="replace")
+    assert "re-encrypting" in text
+    assert "300/300" in text
+    assert "rows/s" in text

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -13,7 +12,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -21,19 +19,12 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 import pyaccess
+from pyaccess.cluster import free_port
 from pyaccess.keyfile import load_key_ring, write_new_key_file
 from pyaccess.rotation import key_census
-from tests.conftest import new_group
+from tests.conftest import new_group, new_group_async
 
 Conn = psycopg.Connection[tuple[object, ...]]
-
-
-async def _new_group(conn: psycopg.AsyncConnection[Any]) -> uuid.UUID:
-    cursor = await conn.execute("INSERT INTO ota_groups (name) VALUES (%s) RETURNING id", (f"g-{uuid.uuid4()}",))
-    row = await cursor.fetchone()
-    await conn.commit()
-    assert row is not None
-    return uuid.UUID(str(row[0]))
 
 
 # --- async ------------------------------------------------------------------------------------
@@ -42,7 +33,7 @@ async def _new_group(conn: psycopg.AsyncConnection[Any]) -> uuid.UUID:
 def test_async__round_trip_and_every_error(db: str, key_file: Path, other_key_file: Path) -> None:
     async def scenario() -> None:
         async with await psycopg.AsyncConnection.connect(db) as conn:
-            group = await _new_group(conn)
+            group = await new_group_async(conn)
             with pytest.raises(pyaccess.SecretNotFoundError):
                 await pyaccess.aio.get_provision_secret(conn, group, key_file=key_file)
             await conn.rollback()
@@ -65,7 +56,7 @@ def test_async__round_trip_and_every_error(db: str, key_file: Path, other_key_fi
 def test_async__runs_in_the_callers_transaction_and_never_commits(db: str, key_file: Path) -> None:
     async def scenario() -> None:
         async with await psycopg.AsyncConnection.connect(db) as conn:
-            group = await _new_group(conn)
+            group = await new_group_async(conn)
             await pyaccess.aio.store_provision_secret(conn, group, "kept", key_file=key_file)
             await conn.commit()
             await pyaccess.aio.store_provision_secret(conn, group, "rolled back", key_file=key_file)
@@ -82,7 +73,7 @@ def test_async_client__with_a_pool__serves_concurrent_tasks(db: str, key_file: P
         async with AsyncConnectionPool(db, configure=secrets.configure, min_size=2, max_size=4) as pool:
             secrets.pool = pool
             async with pool.connection() as conn:
-                groups = [await _new_group(conn) for _ in range(20)]
+                groups = [await new_group_async(conn) for _ in range(20)]
             await asyncio.gather(*(secrets.store(g, f"value-{g}") for g in groups))
             values = await asyncio.gather(*(secrets.get(g) for g in groups))
             assert values == [f"value-{g}" for g in groups]
@@ -171,12 +162,6 @@ def test_client__repr_shows_no_key(key_file: Path) -> None:
 # --- PgBouncer --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def pgbouncer(db: str) -> Iterator[str]:
     """A real PgBouncer in transaction mode in front of the test database; its DSN."""
@@ -185,7 +170,7 @@ def pgbouncer(db: str) -> Iterator[str]:
         pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
     target = conninfo_to_dict(db)
     workdir = Path(tempfile.mkdtemp(prefix="pyaccess-pgbouncer-"))
-    port = _free_port()
+    port = free_port()
     (workdir / "users.txt").write_text(f'"{target.get("user", "postgres")}" ""\n')
     (workdir / "pgbouncer.ini").write_text(
         "[databases]\n"
