@@ -39,6 +39,9 @@ def check_group_id(group_id: uuid.UUID | str) -> uuid.UUID:
     raise InvalidGroupIdError("the OTA group id is not a UUID (8-4-4-4-12 hexadecimal digits)")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def check_secret(secret: str) -> str:
     """Refuse what cannot reach the server; SQL checks the rest (NULL, empty, over 4096 bytes)."""
     if not isinstance(secret, str):
@@ -46,7 +49,7 @@ def check_secret(secret: str) -> str:
     if "\x00" in secret:
         raise InvalidSecretError("the provision secret contains a NUL character, which PostgreSQL text cannot hold")
     # Not secret.encode() in a try: its UnicodeEncodeError, kept as __context__, would carry the secret.
-    if any("\ud800" <= char <= "\udfff" for char in secret):
+    if not secret.isascii() and _SURROGATE.search(secret):
         raise InvalidSecretError("the provision secret is not valid Unicode (lone surrogate)")
     return secret
 
