@@ -24,12 +24,12 @@ import click
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from conftest import Server, new_group
 from psycopg.conninfo import conninfo_to_dict
 
 import pyaccess
 from pyaccess.cli import main
 from pyaccess.migrate import migrations_dir
+from tests.conftest import Server, new_group
 
 SECRET = "pr0vision-S3CRET-do-not-print-9f7c"
 ENV_VARS = ("PYACCESS_DSN", "PYACCESS_KEY_FILE")
@@ -463,3 +463,13 @@ def test_console_script_round_trip_and_failure(
     usage = _run(["store"])
     assert usage.returncode == 2
     assert "Traceback" not in usage.stderr
+
+
+def test_demo__on_the_test_database__stores_reads_back_and_cleans_up(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYACCESS_DSN", db)
+    result = CliRunner().invoke(main, ["demo"])
+    assert result.exit_code == 0, result.output
+    assert "what a worker gets back: 'demo-provision-secret-0123456789'" in result.output
+    assert "at rest in ota_groups.provision_secret_ciphertext (key id " in result.output
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM ota_groups").fetchone() == (0,)

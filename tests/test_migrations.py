@@ -20,7 +20,6 @@ from urllib.parse import quote, urlencode
 
 import psycopg
 import pytest
-from conftest import Server, new_group, user_dsn
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import read_migrations
@@ -28,6 +27,7 @@ from yoyo import read_migrations
 import pyaccess
 from pyaccess.cluster import find_bindir
 from pyaccess.migrate import apply_migrations, pending_migrations, rollback_migrations
+from tests.conftest import Server, new_group, user_dsn
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = ROOT / "migrations"
