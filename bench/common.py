@@ -71,7 +71,7 @@ def backend_cpu_ns(pid: int | None) -> int | None:
         return None
 
 
-def local_backend_pid(conn: psycopg.Connection[Any]) -> int | None:
+def local_backend_pid(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> int | None:
     """The server process of ``conn`` if it runs on this machine and its CPU clock is readable."""
     pid = conn.info.backend_pid
     return pid if backend_cpu_ns(pid) is not None and conn.info.host in ("127.0.0.1", "::1", "localhost") else None
@@ -114,7 +114,7 @@ def machine_info(conn: psycopg.Connection[Any]) -> dict[str, str]:
 PIN_MODES = ("same", "split", "none")
 
 
-def pin(conn: psycopg.Connection[Any], mode: str) -> str:
+def pin(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], mode: str) -> str:
     """Place this thread and the connection's server process on CPUs; return what was done.
 
     ``same``: both on one CPU (each round trip is a context switch on that CPU);

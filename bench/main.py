@@ -13,11 +13,11 @@ from typing import Any
 
 import psycopg
 
-from bench import analysis, latency, memory, rotation_bench, throughput
+from bench import analysis, latency, memory, rotation_bench, service_paths, throughput
 from bench.common import BENCH_DIR, PIN_MODES, load_average, machine_info, pin, unpin
 from bench.dataset import Server, load_groups, load_rotation_rows, make_keys, open_server
 
-SECTIONS = ("latency", "throughput", "rotation", "memory", "analysis")
+SECTIONS = ("latency", "service", "throughput", "rotation", "memory", "analysis")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=40, help="interleaved rounds of the latency section")
     parser.add_argument("--block", type=int, default=200, help="calls per variant per round")
     parser.add_argument("--warmup", type=int, default=50, help="untimed calls per variant before the rounds")
+    parser.add_argument(
+        "--service-rounds", type=int, default=20, help="interleaved rounds of the service section (blocks of --block)"
+    )
     parser.add_argument("--threads", default="1,2,4,8", help="thread counts of the throughput section")
     parser.add_argument("--tp-seconds", type=float, default=1.0, help="seconds per throughput measurement")
     parser.add_argument("--tp-rounds", type=int, default=3, help="interleaved rounds of the throughput section")
@@ -107,6 +110,20 @@ def run_sections(args: argparse.Namespace, server: Server, keys: Any, results: d
             log(f"latency: {results['pinning']}")
             run_latency(args, conn, data, results)
             unpin()
+    if "service" not in args.skip:
+        log("service: sync function, ConnectionPool client, async function, AsyncConnectionPool client")
+        results["service"] = service_paths.run_service(
+            dsn,
+            keys.current,
+            data.group_ids,
+            rounds=args.service_rounds,
+            block=args.block,
+            warmup=args.warmup,
+            seed=args.seed + 2,
+            pin_mode=args.pin,
+            log=log,
+        )
+        unpin()
     if "throughput" not in args.skip:
         log(f"throughput: threads {args.thread_counts}, {args.tp_rounds} rounds of {args.tp_seconds}s per cell")
         results["throughput"] = throughput.run_throughput(

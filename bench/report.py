@@ -9,6 +9,7 @@ from typing import Any
 from bench.analysis import ENTRY_FUNCTIONS, Analysis, FunctionStat, Helper
 from bench.common import dist
 from bench.dataset import CLUSTER_SETTINGS
+from bench.service_paths import FLOOR, REFERENCE, ServiceResult
 
 TARGETS = {"get": (1.6, 1.2), "store": (1.6, 1.2), "rotation": (3.0, 2.0)}
 
@@ -43,6 +44,36 @@ LATENCY_HEADER = [
     "median µs",
     "p10 - p90 µs",
     "ratio of medians",
+    "paired ratio per round: median (IQR)",
+    "client CPU µs/op",
+    "server CPU µs/op",
+]
+
+
+def service_rows(results: dict[str, Any]) -> list[list[str]]:
+    svc: ServiceResult = results["service"]
+    rows = []
+    for c in svc.comparisons:
+        smp = svc.samples[c.variant.name]
+        rows.append(
+            [
+                c.variant.name,
+                f"{c.per_op.median:.1f}",
+                f"{c.per_op.p10:.1f} - {c.per_op.p90:.1f}",
+                f"{c.ratio:.2f}x",
+                f"{c.round_ratios.median:.2f}x ({c.round_ratios.q1:.2f} - {c.round_ratios.q3:.2f})",
+                f"{smp.client_us():.1f}",
+                _fmt_server(smp.server_us()),
+            ]
+        )
+    return rows
+
+
+SERVICE_HEADER = [
+    "variant",
+    "median µs",
+    "p10 - p90 µs",
+    "ratio vs sync function",
     "paired ratio per round: median (IQR)",
     "client CPU µs/op",
     "server CPU µs/op",
@@ -187,6 +218,13 @@ def table(results: dict[str, Any]) -> str:
     if "latency" in results:
         parts += ["", "Latency: one connection, autocommit, one round trip per call (µs per call)", ""]
         parts.append(_text_table(LATENCY_HEADER, latency_rows(results)))
+    if "service" in results:
+        parts += [
+            "",
+            "Service paths: sync function, pooled client, async function, async pooled client (µs per call)",
+            "",
+        ]
+        parts.append(_text_table(SERVICE_HEADER, service_rows(results)))
     if "throughput" in results:
         parts += ["", "Throughput: threads sharing a ConnectionPool, a pooled connection per call", ""]
         parts.append(_text_table(THROUGHPUT_HEADER, throughput_rows(results)))
@@ -298,6 +336,67 @@ def _placement_md(results: dict[str, Any], an: Analysis) -> list[str]:
         "",
     ]
     return out
+
+
+def _service_md(results: dict[str, Any]) -> list[str]:
+    svc: ServiceResult = results["service"]
+    by = svc.by_name()
+    a = results["args"]
+
+    def extra(op: str, path: str) -> str:
+        c = next(c for c in svc.comparisons if c.variant.op == op and c.variant.path == path)
+        return f"{c.per_op.median - c.reference_per_op.median:+.1f} µs ({c.ratio:.2f}x)"
+
+    def cpu(op: str) -> str:
+        return ", ".join(
+            f"{c.variant.path} {svc.samples[c.variant.name].client_us():.1f}"
+            for c in svc.comparisons
+            if c.variant.op == op and c.variant.path != "floor"
+        )
+
+    sync_get, floor = by[REFERENCE["get"]], by[FLOOR]
+    vs_floor = sync_get.per_op.median / floor.per_op.median
+    latency_note = ""
+    if "latency" in results:
+        lat = {c.variant.name: c for c in results["latency"]["comparisons"]}
+        if "get: pyaccess" in lat:
+            latency_note = f"; the latency section above: {lat['get: pyaccess'].ratio:.2f}x"
+    pinned = all(v.pid is not None for v in svc.variants)
+    placement = (
+        f"`--pin {a['pin']}` ({svc.pinning}) for the sync connection, and the server processes of the pooled and "
+        "async connections are placed the same way (the client is one thread throughout)"
+        if pinned
+        else f"`--pin {a['pin']}` ({svc.pinning}) for the sync connection; the pooled and async connections are "
+        "not pinned"
+    )
+    text = (
+        "How a service calls pyaccess: the sync module function on one autocommit connection (the reference, "
+        "1.00x); `ProvisionSecrets` over a `psycopg_pool.ConnectionPool` of one connection (min_size = max_size "
+        "= 1, autocommit, `configure=secrets.configure`), each call borrowing the connection and giving it back; "
+        "`pyaccess.aio` on one autocommit `AsyncConnection`; `AsyncProvisionSecrets` over an "
+        "`AsyncConnectionPool` of one, configured the same way; and, for get, the plain prepared SELECT of the "
+        f"latency section. {svc.rounds} interleaved rounds, each a block of {svc.block} calls of every variant "
+        f"on the same random groups in a rotating order, after {svc.warmup} warm-up calls each; the async calls "
+        "are awaited one after another by a coroutine on one asyncio event loop that lives for the whole "
+        f"section, each call timed with `perf_counter_ns`. CPU placement: {placement}."
+    )
+    findings = (
+        f"Against the sync function, per get and per store (median): the pool {extra('get', 'pool')} and "
+        f"{extra('store', 'pool')}, the async function {extra('get', 'async')} and {extra('store', 'async')}, "
+        f"the async pool {extra('get', 'async pool')} and {extra('store', 'async pool')}. Client CPU per get, µs: "
+        f"{cpu('get')}; per store: {cpu('store')}. The sync get is {vs_floor:.2f}x the plain SELECT "
+        f"({sync_get.per_op.median:.1f} vs {floor.per_op.median:.1f} µs{latency_note})."
+    )
+    return [
+        "## Service paths (µs per call)",
+        "",
+        text,
+        "",
+        findings,
+        "",
+        _md_table(SERVICE_HEADER, service_rows(results)),
+        "",
+    ]
 
 
 def _fmt_calls(calls: float) -> str:
@@ -517,7 +616,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "Generated by `make bench` (`bench/run.py`); do not edit by hand. Chart: `bench/chart.png`.",
         "",
-        "![ratios against the floor, and throughput](chart.png)",
+        "![ratios against the floor, throughput"
+        + (", and the service paths against the sync function" if "service" in results else "")
+        + "](chart.png)",
         "",
     ]
     heads = headline(results)
@@ -554,6 +655,8 @@ def markdown(results: dict[str, Any]) -> str:
         an = results.get("analysis")
         if an is not None and an.placement:
             out += _placement_md(results, an)
+    if "service" in results:
+        out += _service_md(results)
     if "throughput" in results:
         a = results["args"]
         out += [
@@ -615,7 +718,11 @@ def chart(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [1.35, 1]})
+    if "service" in results:
+        fig, (left, right, third) = plt.subplots(1, 3, figsize=(19, 5.5), gridspec_kw={"width_ratios": [1.35, 1, 1.05]})
+        _service_chart(results["service"], third)
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [1.35, 1]})
     labels, ratios, colors = [], [], []
     if "latency" in results:
         for c in results["latency"]["comparisons"]:
@@ -665,6 +772,23 @@ def chart(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _service_chart(svc: ServiceResult, ax: Any) -> None:
+    shown = [c for c in svc.comparisons if c.variant.name not in REFERENCE.values()]
+    labels = [f"{c.variant.op}: {c.variant.label}" for c in shown]
+    ratios = [c.ratio for c in shown]
+    colors = ["tab:blue" if c.variant.op == "get" else "tab:orange" for c in shown]
+    y = list(range(len(ratios)))[::-1]
+    ax.barh(y, ratios, color=colors)
+    ax.set_yticks(y, labels, fontsize=8)
+    for yi, c in zip(y, shown, strict=True):
+        ax.text(c.ratio, yi, f" {c.ratio:.2f}x ({c.per_op.median:.0f} µs)", va="center", fontsize=8)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlim(0, max(ratios) * 1.45)
+    ref = {c.variant.op: c.reference_per_op.median for c in shown}
+    ax.set_xlabel("median / sync function's median (" + ", ".join(f"{op} {us:.0f} µs" for op, us in ref.items()) + ")")
+    ax.set_title("Service paths against the sync function")
 
 
 def write(results: dict[str, Any], out: Path) -> None:
