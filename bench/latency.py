@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -126,6 +127,35 @@ def warm_up(variants: Sequence[Variant], ids: Sequence[uuid.UUID], secrets: Sequ
             variant.run(ids[i % len(ids)], secrets[i % len(secrets)])
 
 
+def _timed_calls(
+    run: Callable[[uuid.UUID, str], object], ids: Sequence[uuid.UUID], values: Sequence[str], times: list[int]
+) -> None:
+    for i in range(len(times)):
+        t0 = time.perf_counter_ns()
+        run(ids[i], values[i])
+        times[i] = time.perf_counter_ns() - t0
+
+
+def record_block(s: Samples, pid: int | None, block: int, calls: Callable[[list[int]], None]) -> None:
+    """Run one block (``calls`` fills in each call's ns) and add its times and client/server CPU to ``s``."""
+    times = [0] * block
+    gc.collect()
+    server0 = backend_cpu_ns(pid)
+    cpu0 = thread_cpu_ns()
+    start = time.perf_counter_ns()
+    calls(times)
+    end = time.perf_counter_ns()
+    cpu1 = thread_cpu_ns()
+    server1 = backend_cpu_ns(pid)
+    s.per_op_ns.extend(times)
+    s.block_medians_ns.append(dist(times).median)
+    s.wall_ns += end - start
+    s.client_cpu_ns += cpu1 - cpu0
+    if s.server_cpu_ns is not None and server0 is not None and server1 is not None:
+        s.server_cpu_ns += server1 - server0
+    s.ops += block
+
+
 def run_rounds(
     conn: psycopg.Connection[Any],
     variants: Sequence[Variant],
@@ -153,27 +183,7 @@ def run_rounds(
         values = [secrets[rng.randrange(len(secrets))] for _ in range(block)]
         shift = r % len(variants)
         for variant in [*variants[shift:], *variants[:shift]]:
-            s = samples[variant.name]
-            run = variant.run
-            times = [0] * block
-            gc.collect()
-            server0 = backend_cpu_ns(pid)
-            cpu0 = thread_cpu_ns()
-            start = time.perf_counter_ns()
-            for i in range(block):
-                t0 = time.perf_counter_ns()
-                run(chosen[i], values[i])
-                times[i] = time.perf_counter_ns() - t0
-            end = time.perf_counter_ns()
-            cpu1 = thread_cpu_ns()
-            server1 = backend_cpu_ns(pid)
-            s.per_op_ns.extend(times)
-            s.block_medians_ns.append(dist(times).median)
-            s.wall_ns += end - start
-            s.client_cpu_ns += cpu1 - cpu0
-            if s.server_cpu_ns is not None and server0 is not None and server1 is not None:
-                s.server_cpu_ns += server1 - server0
-            s.ops += block
+            record_block(samples[variant.name], pid, block, partial(_timed_calls, variant.run, chosen, values))
         if progress is not None:
             progress(r + 1)
     return samples

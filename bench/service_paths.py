@@ -10,12 +10,12 @@ its own; the loop lives for the whole section.
 from __future__ import annotations
 
 import asyncio
-import gc
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,8 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 import pyaccess
-from bench.common import Dist, backend_cpu_ns, dist, local_backend_pid, pin, thread_cpu_ns
-from bench.latency import PLAIN_GET, Samples
+from bench.common import Dist, dist, local_backend_pid, pin
+from bench.latency import PLAIN_GET, Samples, record_block
 
 SyncCall = Callable[[uuid.UUID, str], object]
 AsyncCall = Callable[[uuid.UUID, str], Awaitable[object]]
@@ -135,23 +135,9 @@ def _rounds(
         values = [secrets[rng.randrange(len(secrets))] for _ in range(block)]
         shift = r % len(variants)
         for variant in [*variants[shift:], *variants[:shift]]:
-            s = samples[variant.name]
-            times = [0] * block
-            gc.collect()
-            server0 = backend_cpu_ns(variant.pid)
-            cpu0 = thread_cpu_ns()
-            start = time.perf_counter_ns()
-            _run_block(runner, variant, chosen, values, times)
-            end = time.perf_counter_ns()
-            cpu1 = thread_cpu_ns()
-            server1 = backend_cpu_ns(variant.pid)
-            s.per_op_ns.extend(times)
-            s.block_medians_ns.append(dist(times).median)
-            s.wall_ns += end - start
-            s.client_cpu_ns += cpu1 - cpu0
-            if s.server_cpu_ns is not None and server0 is not None and server1 is not None:
-                s.server_cpu_ns += server1 - server0
-            s.ops += block
+            record_block(
+                samples[variant.name], variant.pid, block, partial(_run_block, runner, variant, chosen, values)
+            )
         if progress is not None:
             progress(r + 1)
     return samples
