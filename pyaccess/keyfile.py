@@ -84,11 +84,15 @@ class KeyRing:
         return f"<pyaccess.KeyRing current + {len(self.previous)} previous (redacted)>"
 
 
+def _key_file_name(key_file: str | os.PathLike[str] | None) -> str:
+    if key_file is not None:
+        return os.fspath(key_file)
+    return os.environ.get("PYACCESS_KEY_FILE") or DEFAULT_KEY_FILE
+
+
 def resolve_key_file(key_file: str | os.PathLike[str] | None) -> Path:
     """The key file to use: the argument, else ``PYACCESS_KEY_FILE``, else the agent's default path."""
-    if key_file is not None:
-        return Path(key_file)
-    return Path(os.environ.get("PYACCESS_KEY_FILE") or DEFAULT_KEY_FILE)
+    return Path(_key_file_name(key_file))
 
 
 def _parse_key(value: object, path: Path, what: str) -> Key:
@@ -220,7 +224,7 @@ _cache_lock = threading.Lock()
 def load_key_ring(key_file: str | os.PathLike[str] | None = None) -> KeyRing:
     """The key ring in the key file, re-read only when the file has changed (one ``stat`` per call)."""
     # The hot path of every call: a str, one stat, one dict lookup; no Path objects.
-    name = os.fspath(key_file) if key_file is not None else os.environ.get("PYACCESS_KEY_FILE") or DEFAULT_KEY_FILE
+    name = _key_file_name(key_file)
     cached = _cache.get(name)
     if cached is not None:
         try:
