@@ -59,7 +59,10 @@ def _migrations(conn: Conn) -> Check:
     missing = [fn for fn, present in psycopg.Cursor(conn).execute(queries.DOCTOR_FUNCTIONS).fetchall() if not present]
     if missing:
         return Check("migrations", "FAIL", f"functions missing: {', '.join(missing)}; run pyaccess migrate")
-    if not _one(conn, queries.DOCTOR_CAN_READ_MIGRATIONS):
+    log_table = _one(conn, queries.DOCTOR_CAN_READ_MIGRATIONS)
+    if log_table == "absent":
+        return Check("migrations", "warning", "functions present; no public._yoyo_migration to check the rest against")
+    if log_table == "denied":
         return Check("migrations", "warning", "functions present; this role may not read _yoyo_migration to check more")
     applied = {str(row[0]) for row in psycopg.Cursor(conn).execute(queries.DOCTOR_APPLIED).fetchall()}
     pending = [m.id for m in read_migrations(str(migrations_dir())) if m.id not in applied]

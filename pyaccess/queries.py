@@ -46,8 +46,9 @@ DOCTOR_FUNCTIONS: Final[LiteralString] = (
     " 'public.provision_secret_key_census()', 'public.rewrap_provision_secrets(bytea[],uuid,integer)']) AS f"
 )
 DOCTOR_CAN_READ_MIGRATIONS: Final[LiteralString] = (
-    "SELECT pg_catalog.to_regclass('public._yoyo_migration') IS NOT NULL"
-    " AND pg_catalog.has_table_privilege('public._yoyo_migration', 'SELECT')"
+    "SELECT CASE WHEN pg_catalog.to_regclass('public._yoyo_migration') IS NULL THEN 'absent'"
+    " WHEN pg_catalog.has_table_privilege('public._yoyo_migration', 'SELECT') THEN 'readable'"
+    " ELSE 'denied' END"
 )
 DOCTOR_APPLIED: Final[LiteralString] = "SELECT migration_id FROM public._yoyo_migration"
 DOCTOR_ROLE: Final[LiteralString] = (
