@@ -81,6 +81,29 @@ def test_async_client__with_a_pool__serves_concurrent_tasks(db: str, key_file: P
     asyncio.run(scenario())
 
 
+def _store_and_get_from_threads(
+    secrets: pyaccess.ProvisionSecrets, groups: list[uuid.UUID], *, threads: int, rounds: int
+) -> list[BaseException]:
+    """Each thread stores then reads back its share of the groups, ``rounds`` times; the errors seen."""
+    errors: list[BaseException] = []
+
+    def work(part: list[uuid.UUID]) -> None:
+        try:
+            for round_ in range(rounds):
+                for g in part:
+                    secrets.store(g, f"{g}-{round_}")
+                    assert secrets.get(g) == f"{g}-{round_}"
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(groups[i::threads],)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return errors
+
+
 # --- sync client and pool ---------------------------------------------------------------------
 
 
@@ -90,23 +113,7 @@ def test_client__with_a_pool__serves_threads(db: str, key_file: Path) -> None:
         secrets.pool = pool
         with pool.connection() as conn:
             groups = [new_group(conn) for _ in range(40)]
-        errors: list[BaseException] = []
-
-        def work(part: list[uuid.UUID]) -> None:
-            try:
-                for _ in range(5):
-                    for g in part:
-                        secrets.store(g, f"value-{g}")
-                        assert secrets.get(g) == f"value-{g}"
-            except BaseException as exc:  # noqa: BLE001 - asserted below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(groups[i::4],)) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        assert _store_and_get_from_threads(secrets, groups, threads=4, rounds=5) == []
 
 
 def test_client__configure_guards_each_pooled_connection_once(db: str, key_file: Path) -> None:
@@ -213,23 +220,8 @@ def test_pgbouncer_transaction_mode__works_with_every_call_guard_and_no_prepared
         secrets.pool = pool
         with pool.connection() as conn:
             groups = [new_group(conn) for _ in range(10)]
-        errors: list[BaseException] = []
-
-        def work(part: list[uuid.UUID]) -> None:
-            try:
-                for round_ in range(10):  # more calls than psycopg's prepare threshold
-                    for g in part:
-                        secrets.store(g, f"{g}-{round_}")
-                        assert secrets.get(g) == f"{g}-{round_}"
-            except BaseException as exc:  # noqa: BLE001 - asserted below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(groups[i::3],)) for i in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        # more calls per connection than psycopg's prepare threshold
+        assert _store_and_get_from_threads(secrets, groups, threads=3, rounds=10) == []
 
 
 def test_pgbouncer_transaction_mode__every_call_guard_holds_even_when_the_server_session_is_reset(
