@@ -1,4 +1,4 @@
-"""Installs the functions of sql/provision_secret.sql.
+"""Installs the functions of release 0.1.0 (sql/0.1.0/provision_secret.sql, frozen).
 
 The SQL file is the single source; this step puts it in the database with
 @extschema@ replaced by the schema that holds pgcrypto (``public`` on a
@@ -11,7 +11,7 @@ from yoyo import step
 
 __depends__ = {"0004_provision_secret_column"}
 
-SQL_FILE = Path(__file__).resolve().parent.parent / "sql" / "provision_secret.sql"
+SQL_FILE = Path(__file__).resolve().parent.parent / "sql" / "0.1.0" / "provision_secret.sql"
 
 # Dropped in this order on rollback: callers before the helpers they use.
 FUNCTIONS = (

@@ -29,7 +29,7 @@ from psycopg.conninfo import conninfo_to_dict
 import pyaccess
 from pyaccess.cli import main
 from pyaccess.migrate import migrations_dir
-from tests.conftest import Server, new_group
+from tests.fix_db import Server, new_group
 
 SECRET = "pr0vision-S3CRET-do-not-print-9f7c"
 ENV_VARS = ("PYACCESS_DSN", "PYACCESS_KEY_FILE")

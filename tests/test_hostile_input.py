@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import pyaccess
 from pyaccess.keyfile import MAX_FILE_BYTES, load_key_ring
-from tests.conftest import new_group
+from tests.fix_db import new_group
 
 Conn = psycopg.Connection[tuple[object, ...]]
 

@@ -27,11 +27,11 @@ from yoyo import read_migrations
 import pyaccess
 from pyaccess.cluster import find_bindir
 from pyaccess.migrate import apply_migrations, pending_migrations, rollback_migrations
-from tests.conftest import Server, new_group, user_dsn
+from tests.fix_db import Server, new_group, user_dsn
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = ROOT / "migrations"
-SQL_FILE = ROOT / "sql" / "provision_secret.sql"
+SQL_FILE = ROOT / "sql" / "0.1.0" / "provision_secret.sql"
 VENV_BIN = Path(sys.executable).parent
 
 # Every migration, in the order yoyo applies them (their file names sort in dependency order).

@@ -12,7 +12,7 @@ import pytest
 
 import pyaccess
 from pyaccess.keyfile import load_key_ring, write_new_key_file
-from tests.conftest import new_group
+from tests.fix_db import new_group
 
 Conn = psycopg.Connection[tuple[object, ...]]
 

@@ -36,7 +36,7 @@ from pyaccess.cluster import LocalCluster, find_bindir, free_port, throwaway_clu
 from pyaccess.keyfile import load_key_ring
 from pyaccess.migrate import apply_migrations
 from pyaccess.rotation import key_census, rotate
-from tests.conftest import Server, new_group, user_dsn
+from tests.fix_db import Server, new_group, user_dsn
 
 Conn = psycopg.Connection[tuple[object, ...]]
 

@@ -41,7 +41,7 @@ from pyaccess.cluster import LocalCluster, throwaway_cluster
 from pyaccess.keyfile import write_new_key_file
 from pyaccess.migrate import apply_migrations
 from pyaccess.rotation import key_census, rotate
-from tests.conftest import new_group, user_dsn
+from tests.fix_db import new_group, user_dsn
 
 Conn = psycopg.Connection[Any]
 

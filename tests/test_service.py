@@ -22,7 +22,7 @@ import pyaccess
 from pyaccess.cluster import free_port
 from pyaccess.keyfile import load_key_ring, write_new_key_file
 from pyaccess.rotation import key_census
-from tests.conftest import new_group, new_group_async
+from tests.fix_db import new_group, new_group_async
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
