@@ -22,7 +22,8 @@ from pyaccess.errors import (
     SecretNotFoundError,
     WrongKeyError,
 )
-from pyaccess.keyfile import DEFAULT_KEY_FILE, Key, KeyRing, load_key_ring
+from pyaccess.keyfile import DEFAULT_KEY_FILE, load_key_ring
+from pyaccess.keys import Key, KeyRing
 from pyaccess.provision import get_provision_secret, store_provision_secret
 from pyaccess.session import forget
 

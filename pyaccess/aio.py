@@ -15,7 +15,8 @@ import psycopg
 
 from pyaccess import queries
 from pyaccess.errors import translate_errors
-from pyaccess.keyfile import KeyRing, load_key_ring
+from pyaccess.keyfile import load_key_ring
+from pyaccess.keys import KeyRing
 from pyaccess.provision import KeyFilePath, check_group_id, check_secret
 from pyaccess.session import GuardMode, execute_guarded_async
 

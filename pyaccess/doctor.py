@@ -18,7 +18,8 @@ from yoyo import read_migrations
 
 from pyaccess import queries
 from pyaccess.errors import PyAccessError, from_psycopg
-from pyaccess.keyfile import KeyRing, load_key_ring, resolve_key_file
+from pyaccess.keyfile import load_key_ring, resolve_key_file
+from pyaccess.keys import KeyRing
 from pyaccess.migrate import migrations_dir
 from pyaccess.provision import KeyFilePath
 from pyaccess.rotation import key_census

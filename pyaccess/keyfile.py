@@ -17,13 +17,11 @@ import os
 import re
 import stat
 import threading
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Final
 
 from pyaccess.errors import KeyFileError
-from pyaccess.wire import EncodedKeys
+from pyaccess.keys import Key, KeyRing
 
 __all__ = [
     "DEFAULT_KEY_FILE",
@@ -43,45 +41,6 @@ _OPENSSL_KEY_LINE = re.compile(r"^\s*key\s*=\s*(\S*)\s*$", re.MULTILINE)
 # Lazy: the map ends at the first "]" that ends a line, before the agent's "metadata: map[...]".
 _AGENT_MAP = re.compile(r"^\s*data:\s*map\[(.*?)\]\s*$", re.MULTILINE | re.DOTALL)
 _AGENT_KV1 = re.compile(r"^\s*key:\s*(.*?)\s*$", re.MULTILINE)
-
-
-class Key:
-    """A 256-bit key. Its material never appears in ``repr`` or ``str``."""
-
-    __slots__ = ("material",)
-
-    def __init__(self, material: bytes) -> None:
-        self.material = material
-
-    def __repr__(self) -> str:
-        return "<pyaccess.Key (256 bits, redacted)>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Key) and other.material == self.material
-
-    def __hash__(self) -> int:
-        return hash(self.material)
-
-
-@dataclass(frozen=True, repr=False)
-class KeyRing:
-    """The current key (used for writing) and the previous keys (accepted for reading)."""
-
-    current: Key
-    previous: tuple[Key, ...] = ()
-
-    @property
-    def materials(self) -> list[bytes]:
-        """Every key's bytes, the current one first, as the SQL functions take them."""
-        return [self.current.material, *(k.material for k in self.previous)]
-
-    @cached_property
-    def encoded(self) -> EncodedKeys:
-        """:attr:`materials` as a binary ``bytea[]`` parameter, encoded once."""
-        return EncodedKeys(self.materials)
-
-    def __repr__(self) -> str:
-        return f"<pyaccess.KeyRing current + {len(self.previous)} previous (redacted)>"
 
 
 def _key_file_name(key_file: str | os.PathLike[str] | None) -> str:

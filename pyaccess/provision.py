@@ -12,7 +12,8 @@ import psycopg
 
 from pyaccess import queries
 from pyaccess.errors import InvalidGroupIdError, InvalidSecretError, translate_errors
-from pyaccess.keyfile import KeyRing, load_key_ring
+from pyaccess.keyfile import load_key_ring
+from pyaccess.keys import KeyRing
 from pyaccess.session import GuardMode, execute_guarded
 
 __all__ = ["KeyFilePath", "check_group_id", "check_secret", "get_provision_secret", "store_provision_secret"]

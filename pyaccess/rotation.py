@@ -21,7 +21,8 @@ from psycopg import pq
 
 from pyaccess import queries
 from pyaccess.errors import PyAccessError, WrongKeyError, translate_errors
-from pyaccess.keyfile import KeyRing, load_key_ring
+from pyaccess.keyfile import load_key_ring
+from pyaccess.keys import KeyRing
 from pyaccess.provision import KeyFilePath
 from pyaccess.session import execute_guarded
 
