@@ -1,0 +1,60 @@
+-- pyaccess 0.2.0, part 20: an audit record of every access, in the server log.
+--
+-- The server log works on a hot standby (where most reads happen) and costs no WAL. Each
+-- record is one line, a fixed prefix and a JSON object, so a log pipeline can keep exactly
+-- these lines:
+--
+--   pyaccess-audit {"event":"read","outcome":"ok","group_id":"…","key_id":"…","role":"…",
+--                   "application_name":"…","client_addr":"…","pid":123,"at":"…"}
+--
+-- Never a key, never a secret. Writes, refusals, registry changes and rotation batches are
+-- always recorded: they are rare and precious. Successful reads may be many; they are
+-- recorded where pyaccess.audit_reads = on (ALTER ROLE … SET / ALTER DATABASE … SET).
+
+-- Writes one audit record to the server log (RAISE LOG: not sent to the client).
+CREATE OR REPLACE FUNCTION pyaccess._audit(p_event text, p_outcome text, p_group_id uuid, p_key_id bytea,
+                                           p_detail text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE LOG USING MESSAGE = 'pyaccess-audit ' || pg_catalog.json_strip_nulls(pg_catalog.json_build_object(
+        'event', p_event,
+        'outcome', p_outcome,
+        'group_id', p_group_id,
+        'key_id', pg_catalog.encode(p_key_id, 'hex'),
+        'detail', p_detail,
+        'role', session_user,
+        'application_name', pg_catalog.current_setting('application_name'),
+        'client_addr', pg_catalog.inet_client_addr(),
+        'pid', pg_catalog.pg_backend_pid(),
+        'at', pg_catalog.clock_timestamp()))::text;
+END
+$$;
+SELECT pyaccess._declare('pyaccess._audit(text,text,uuid,bytea,text)', 'provision_secret_reader');
+
+-- The audited branch of pyaccess._read.
+CREATE OR REPLACE FUNCTION pyaccess._audited(p_group_id uuid, p_key_id bytea, p_secret bytea)
+RETURNS bytea
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pyaccess._audit('read', 'ok', p_group_id, p_key_id);
+    RETURN p_secret;
+END
+$$;
+SELECT pyaccess._declare('pyaccess._audited(uuid,bytea,bytea)', 'provision_secret_reader');
+
+-- Returns p_secret, after recording a successful read where pyaccess.audit_reads = on.
+CREATE OR REPLACE FUNCTION pyaccess._read(p_group_id uuid, p_key_id bytea, p_secret bytea)
+RETURNS bytea
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT CASE WHEN pg_catalog.current_setting('pyaccess.audit_reads', true) = 'on'
+                THEN pyaccess._audited(p_group_id, p_key_id, p_secret)
+                ELSE p_secret
+           END;
+END;
+SELECT pyaccess._declare('pyaccess._read(uuid,bytea,bytea)', 'provision_secret_reader');
