@@ -1,8 +1,8 @@
 """pyaccess: IoT provision secrets encrypted at rest in PostgreSQL.
 
-Encryption happens inside PostgreSQL (pgcrypto, in ``store_provision_secret``
-and ``get_provision_secret``); the 256-bit key comes from a file that the
-Vault agent renders, and travels to the server as a bound parameter.
+Encryption happens inside PostgreSQL (pgcrypto, in stored functions); the 256-bit master
+key comes from a file that the Vault agent renders and never leaves the service: each call
+sends only the key derived for the one OTA group at hand (envelope v2).
 """
 
 from pyaccess import aio
@@ -15,6 +15,8 @@ from pyaccess.errors import (
     InvalidKeyError,
     InvalidSecretError,
     KeyFileError,
+    KeyNotActiveError,
+    MigrationRequiredError,
     ParameterLoggingError,
     PyAccessError,
     ReadOnlyError,
@@ -22,12 +24,12 @@ from pyaccess.errors import (
     SecretNotFoundError,
     WrongKeyError,
 )
+from pyaccess.execution import forget
 from pyaccess.keyfile import DEFAULT_KEY_FILE, load_key_ring
 from pyaccess.keys import Key, KeyRing
 from pyaccess.provision import get_provision_secret, store_provision_secret
-from pyaccess.session import forget
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DEFAULT_KEY_FILE",
@@ -40,7 +42,9 @@ __all__ = [
     "InvalidSecretError",
     "Key",
     "KeyFileError",
+    "KeyNotActiveError",
     "KeyRing",
+    "MigrationRequiredError",
     "ParameterLoggingError",
     "ProvisionSecrets",
     "PyAccessError",

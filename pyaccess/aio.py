@@ -1,55 +1,42 @@
 """The same two operations for :class:`psycopg.AsyncConnection`.
 
-Same errors, same transaction rules (the caller's transaction, never a
-commit), same log safety. The key file costs one ``stat`` per call; it is
-read again only when the Vault agent has re-rendered it.
+Same steps (:mod:`pyaccess.steps`), same errors, same transaction rules (the caller's
+transaction, never a commit), same log safety. The key file costs one ``stat`` per call;
+it is read again only when the Vault agent has re-rendered it.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from typing import Any
 
 import psycopg
 
-from pyaccess import queries
-from pyaccess.errors import translate_errors
-from pyaccess.keyfile import load_key_ring
+from pyaccess import steps
+from pyaccess.execution import GuardMode, run_async
+from pyaccess.keyfile import KeyFilePath, load_key_ring
 from pyaccess.keys import KeyRing
-from pyaccess.provision import KeyFilePath, check_group_id, check_secret
-from pyaccess.session import GuardMode, execute_guarded_async
+from pyaccess.redacted import Plaintext
 
 __all__ = ["get_provision_secret", "get_with_ring", "store_provision_secret", "store_with_ring"]
-
-logger = logging.getLogger("pyaccess")
 
 
 async def store_with_ring(
     conn: psycopg.AsyncConnection[Any],
     group_id: uuid.UUID | str,
-    secret: str,
+    plaintext: Plaintext,
     ring: KeyRing,
-    guard: GuardMode = "once",
+    guard: GuardMode = GuardMode.ONCE,
 ) -> None:
-    """:func:`store_provision_secret` with a key ring already loaded."""
-    gid = check_group_id(group_id)
-    with translate_errors():
-        await execute_guarded_async(conn, queries.STORE, (gid, check_secret(secret), ring.current.material), guard)
-    logger.debug("stored the provision secret of OTA group %s", gid)
+    """:func:`store_provision_secret` with the secret wrapped and the key ring loaded."""
+    await run_async(conn, steps.store(group_id, plaintext, ring), guard)
 
 
 async def get_with_ring(
-    conn: psycopg.AsyncConnection[Any], group_id: uuid.UUID | str, ring: KeyRing, guard: GuardMode = "once"
+    conn: psycopg.AsyncConnection[Any], group_id: uuid.UUID | str, ring: KeyRing, guard: GuardMode = GuardMode.ONCE
 ) -> str:
-    """:func:`get_provision_secret` with a key ring already loaded."""
-    gid = check_group_id(group_id)
-    with translate_errors():
-        cursor = await execute_guarded_async(conn, queries.GET, (gid, ring.encoded), guard)
-        row = await cursor.fetchone()
-    assert row is not None  # a function call always returns one row
-    logger.debug("read the provision secret of OTA group %s", gid)
-    return str(row[0])
+    """:func:`get_provision_secret` with the key ring loaded."""
+    return await run_async(conn, steps.get(group_id, ring), guard)
 
 
 async def store_provision_secret(
@@ -60,7 +47,9 @@ async def store_provision_secret(
     key_file: KeyFilePath = None,
 ) -> None:
     """Async :func:`pyaccess.store_provision_secret`."""
-    await store_with_ring(conn, group_id, secret, load_key_ring(key_file))
+    plaintext = Plaintext.wrap(secret)
+    del secret
+    await store_with_ring(conn, group_id, plaintext, load_key_ring(key_file))
 
 
 async def get_provision_secret(

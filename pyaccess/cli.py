@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 import pyaccess
 from pyaccess.errors import InvalidSecretError, PyAccessError, from_psycopg
@@ -50,13 +51,30 @@ def _fail(message: str, status: int = 1) -> None:
     sys.exit(status)
 
 
+def _connect(dsn: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(dsn)
+
+
+def _warn_if_password(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A password in --dsn shows in the process list (/proc/<pid>/cmdline) to every local user."""
+    source = ctx.get_parameter_source(param.name or "dsn")
+    if value and source is click.core.ParameterSource.COMMANDLINE and conninfo_to_dict(value).get("password"):
+        click.echo(
+            "pyaccess: warning: --dsn holds a password, which other local users can read in the process list;"
+            " use PGPASSFILE (~/.pgpass) or PGPASSWORD instead",
+            err=True,
+        )
+    return value
+
+
 def dsn_option(func: F) -> F:
     return click.option(
         "--dsn",
         envvar="PYACCESS_DSN",
         default="",
         show_envvar=True,
-        help="libpq connection string or URI; else the PG* variables.",
+        callback=_warn_if_password,
+        help="libpq connection string or URI (no password: use PGPASSFILE); else the PG* variables.",
     )(func)
 
 
@@ -115,7 +133,7 @@ def _read_secret() -> str:
 def store(group_id: str, dsn: str, key_file: str | None) -> None:
     """Store the secret read from standard input (one trailing newline dropped) for GROUP_ID."""
     secret = _read_secret()
-    with psycopg.connect(dsn) as conn:
+    with _connect(dsn) as conn:
         pyaccess.store_provision_secret(conn, group_id, secret, key_file=key_file)
     click.echo(f"stored the provision secret of OTA group {group_id}", err=True)
 
@@ -126,7 +144,7 @@ def store(group_id: str, dsn: str, key_file: str | None) -> None:
 @key_file_option
 def get(group_id: str, dsn: str, key_file: str | None) -> None:
     """Print the provision secret of GROUP_ID and a newline."""
-    with psycopg.connect(dsn) as conn:
+    with _connect(dsn) as conn:
         secret = pyaccess.get_provision_secret(conn, group_id, key_file=key_file)
     click.echo(secret)
 
@@ -135,18 +153,48 @@ def get(group_id: str, dsn: str, key_file: str | None) -> None:
 @dsn_option
 @key_file_option
 def census(dsn: str, key_file: str | None) -> None:
-    """List the key ids in use, how many secrets each protects, and whether the key file reads them."""
+    """List the key ids registered or in use: version, state, secrets, and whether the key file holds them."""
     from pyaccess.rotation import key_census  # noqa: PLC0415
 
-    with psycopg.connect(dsn) as conn:
+    with _connect(dsn) as conn:
         entries = key_census(conn, key_file=key_file)
     if not entries:
-        click.echo("no provision secrets stored")
-    for entry in entries:
-        click.echo(f"{entry.key_id}  {entry.secrets:>10} secret(s)  {entry.role}")
+        click.echo("no key registered and no provision secrets stored")
+    for e in entries:
+        version = f"v{e.version}" if e.version else "--"
+        click.echo(f"{e.key_id}  {version}  {e.state:<12} {e.secrets:>10} secret(s)  {e.in_key_file} in key file")
     unknown = [entry for entry in entries if not entry.readable]
     if unknown:
         _fail(f"{sum(e.secrets for e in unknown)} secret(s) are under key ids the key file does not hold")
+
+
+@main.group()
+def key() -> None:
+    """Manage the key registry (as a member of provision_secret_rotator): which key ids may seal."""
+
+
+@key.command("register")
+@dsn_option
+@key_file_option
+def key_register(dsn: str, key_file: str | None) -> None:
+    """Make the key file's current key id active: do this before Vault is patched with a new key."""
+    from pyaccess.rotation import register_key  # noqa: PLC0415
+
+    with _connect(dsn) as conn:
+        outcome = register_key(conn, key_file=key_file)
+    click.echo(f"key id {pyaccess.load_key_ring(key_file).current.key_id}: {outcome}")
+
+
+@key.command("retire")
+@click.argument("key_id")
+@dsn_option
+def key_retire(key_id: str, dsn: str) -> None:
+    """Retire KEY_ID: what it sealed still opens, nothing new is sealed under it."""
+    from pyaccess.rotation import retire_key  # noqa: PLC0415
+
+    with _connect(dsn) as conn:
+        retire_key(conn, key_id)
+    click.echo(f"key id {key_id}: retired")
 
 
 @main.command()
@@ -180,7 +228,7 @@ def rotate(dsn: str, key_file: str | None, batch_size: int, dry_run: bool) -> No
         if bar is not None:
             bar.update(done, (bar.pos + done) / max(time.monotonic() - started, 1e-9))
 
-    with psycopg.connect(dsn) as conn:
+    with _connect(dsn) as conn:
         try:
             report = run_rotation(
                 conn, key_file=key_file, batch_size=batch_size, dry_run=dry_run, on_start=on_start, on_batch=on_batch
@@ -192,6 +240,8 @@ def rotate(dsn: str, key_file: str | None, batch_size: int, dry_run: bool) -> No
     if not report.reencrypted:
         click.echo(f"nothing to re-encrypt: every secret is under the current key {report.current_key_id}")
         return
+    if report.registered:
+        click.echo(f"registered the current key id {report.current_key_id} as active")
     detail = ", ".join(f"{n} from {kid}" for kid, n in sorted(report.by_old_key_id.items()))
     timing = "" if dry_run else f" in {report.seconds:.2f}s ({report.rate:.0f}/s, {report.batches} batch(es))"
     click.echo(f"{verb} {report.reencrypted} secret(s) under key {report.current_key_id}: {detail}{timing}")

@@ -1,13 +1,17 @@
 """Key-holding clients for services that call many times.
 
-A client remembers the key file (cached, hot-reloaded) and, optionally, a
-psycopg connection pool. Give its ``configure`` to the pool so that each
-pooled connection is guarded once, when it is created::
+A client remembers the key file (cached, hot-reloaded) and, optionally, a psycopg
+connection pool. Give its ``configure`` to the pool so that each pooled connection is
+guarded once, when it is created::
 
     secrets = ProvisionSecrets(key_file="/vault/secrets/provisioning_secret_enc_key")
     pool = ConnectionPool(dsn, configure=secrets.configure)
     secrets.pool = pool
     secret = secrets.get(group_id)
+
+A pool's ``reset`` hook may run ``DISCARD ALL``, which removes the guard: the server then
+refuses the next call on that connection (PA007) before it runs, and the client guards
+the connection again and retries that call once.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from pyaccess import aio, provision
-from pyaccess.keyfile import load_key_ring, resolve_key_file
-from pyaccess.provision import KeyFilePath
-from pyaccess.session import GuardMode, guard_session, guard_session_async
+from pyaccess.errors import ParameterLoggingError
+from pyaccess.execution import GuardMode, guard_session, guard_session_async
+from pyaccess.keyfile import KeyFilePath, load_key_ring, resolve_key_file
+from pyaccess.redacted import Plaintext
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -30,46 +35,64 @@ __all__ = ["AsyncProvisionSecrets", "ProvisionSecrets"]
 
 
 class _Base:
-    def __init__(self, *, key_file: KeyFilePath = None, guard: GuardMode = "once") -> None:
+    def __init__(self, *, key_file: KeyFilePath = None, guard: GuardMode | str = GuardMode.ONCE) -> None:
         self.key_file: Path = resolve_key_file(key_file)
-        self.guard: GuardMode = guard
+        self.guard = GuardMode(guard)
 
     def __repr__(self) -> str:
         pool = getattr(self, "pool", None)
         pool_name = getattr(pool, "name", None) if pool is not None else None
-        return f"<{type(self).__name__} key_file={str(self.key_file)!r} pool={pool_name!r} guard={self.guard!r}>"
+        return f"<{type(self).__name__} key_file={str(self.key_file)!r} pool={pool_name!r} guard={self.guard.value!r}>"
 
 
 class ProvisionSecrets(_Base):
     """Store and read provision secrets through a pool (or a connection you pass per call)."""
 
     def __init__(
-        self, pool: ConnectionPool[Any] | None = None, *, key_file: KeyFilePath = None, guard: GuardMode = "once"
+        self,
+        pool: ConnectionPool[Any] | None = None,
+        *,
+        key_file: KeyFilePath = None,
+        guard: GuardMode | str = GuardMode.ONCE,
     ) -> None:
         super().__init__(key_file=key_file, guard=guard)
         self.pool = pool
 
     def configure(self, conn: psycopg.Connection[Any]) -> None:
         """A pool ``configure`` hook: guards the new connection for its whole session."""
-        if self.guard == "once":
+        if self.guard is GuardMode.ONCE:
             guard_session(conn)
 
     def store(self, group_id: uuid.UUID | str, secret: str, *, conn: psycopg.Connection[Any] | None = None) -> None:
         """Store a secret: in ``conn``'s transaction if given, else in a pooled connection, committed."""
+        plaintext = Plaintext.wrap(secret)
+        del secret
         ring = load_key_ring(self.key_file)
         if conn is not None:
-            provision.store_with_ring(conn, group_id, secret, ring, self.guard)
+            provision.store_with_ring(conn, group_id, plaintext, ring, self.guard)
             return
-        with self._pool().connection() as pooled:
-            provision.store_with_ring(pooled, group_id, secret, ring, self.guard)
+        for attempt in (1, 2):
+            with self._pool().connection() as pooled:
+                try:
+                    provision.store_with_ring(pooled, group_id, plaintext, ring, self.guard)
+                    return
+                except ParameterLoggingError:
+                    if attempt == 2:
+                        raise
 
     def get(self, group_id: uuid.UUID | str, *, conn: psycopg.Connection[Any] | None = None) -> str:
         """Read a secret: on ``conn`` if given, else on a pooled connection."""
         ring = load_key_ring(self.key_file)
         if conn is not None:
             return provision.get_with_ring(conn, group_id, ring, self.guard)
-        with self._pool().connection() as pooled:
-            return provision.get_with_ring(pooled, group_id, ring, self.guard)
+        for attempt in (1, 2):
+            with self._pool().connection() as pooled:
+                try:
+                    return provision.get_with_ring(pooled, group_id, ring, self.guard)
+                except ParameterLoggingError:
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
 
     def _pool(self) -> ConnectionPool[Any]:
         if self.pool is None:
@@ -81,34 +104,52 @@ class AsyncProvisionSecrets(_Base):
     """:class:`ProvisionSecrets` for asyncio, over an ``AsyncConnectionPool`` or an ``AsyncConnection``."""
 
     def __init__(
-        self, pool: AsyncConnectionPool[Any] | None = None, *, key_file: KeyFilePath = None, guard: GuardMode = "once"
+        self,
+        pool: AsyncConnectionPool[Any] | None = None,
+        *,
+        key_file: KeyFilePath = None,
+        guard: GuardMode | str = GuardMode.ONCE,
     ) -> None:
         super().__init__(key_file=key_file, guard=guard)
         self.pool = pool
 
     async def configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """An async pool ``configure`` hook: guards the new connection for its whole session."""
-        if self.guard == "once":
+        if self.guard is GuardMode.ONCE:
             await guard_session_async(conn)
 
     async def store(
         self, group_id: uuid.UUID | str, secret: str, *, conn: psycopg.AsyncConnection[Any] | None = None
     ) -> None:
         """Store a secret: in ``conn``'s transaction if given, else in a pooled connection, committed."""
+        plaintext = Plaintext.wrap(secret)
+        del secret
         ring = load_key_ring(self.key_file)
         if conn is not None:
-            await aio.store_with_ring(conn, group_id, secret, ring, self.guard)
+            await aio.store_with_ring(conn, group_id, plaintext, ring, self.guard)
             return
-        async with self._pool().connection() as pooled:
-            await aio.store_with_ring(pooled, group_id, secret, ring, self.guard)
+        for attempt in (1, 2):
+            async with self._pool().connection() as pooled:
+                try:
+                    await aio.store_with_ring(pooled, group_id, plaintext, ring, self.guard)
+                    return
+                except ParameterLoggingError:
+                    if attempt == 2:
+                        raise
 
     async def get(self, group_id: uuid.UUID | str, *, conn: psycopg.AsyncConnection[Any] | None = None) -> str:
         """Read a secret: on ``conn`` if given, else on a pooled connection."""
         ring = load_key_ring(self.key_file)
         if conn is not None:
             return await aio.get_with_ring(conn, group_id, ring, self.guard)
-        async with self._pool().connection() as pooled:
-            return await aio.get_with_ring(pooled, group_id, ring, self.guard)
+        for attempt in (1, 2):
+            async with self._pool().connection() as pooled:
+                try:
+                    return await aio.get_with_ring(pooled, group_id, ring, self.guard)
+                except ParameterLoggingError:
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
 
     def _pool(self) -> AsyncConnectionPool[Any]:
         if self.pool is None:

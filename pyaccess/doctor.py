@@ -18,10 +18,9 @@ from yoyo import read_migrations
 
 from pyaccess import queries
 from pyaccess.errors import PyAccessError, from_psycopg
-from pyaccess.keyfile import load_key_ring, resolve_key_file
+from pyaccess.keyfile import KeyFilePath, load_key_ring, resolve_key_file
 from pyaccess.keys import KeyRing
 from pyaccess.migrate import migrations_dir
-from pyaccess.provision import KeyFilePath
 from pyaccess.rotation import key_census
 
 __all__ = ["Check", "run_checks"]
@@ -57,19 +56,41 @@ def _pgcrypto(conn: Conn) -> Check:
 
 
 def _migrations(conn: Conn) -> Check:
-    missing = [fn for fn, present in psycopg.Cursor(conn).execute(queries.DOCTOR_FUNCTIONS).fetchall() if not present]
-    if missing:
-        return Check("migrations", "FAIL", f"functions missing: {', '.join(missing)}; run pyaccess migrate")
+    release = _one(conn, queries.DOCTOR_RELEASE)
+    if release is None:
+        return Check("migrations", "FAIL", f"no pyaccess {queries.SQL_RELEASE} SQL here; run pyaccess migrate")
+    if release != queries.SQL_RELEASE:
+        return Check("migrations", "FAIL", f"the database has pyaccess {release} SQL, this is {queries.SQL_RELEASE}")
     log_table = _one(conn, queries.DOCTOR_CAN_READ_MIGRATIONS)
-    if log_table == "absent":
-        return Check("migrations", "warning", "functions present; no public._yoyo_migration to check the rest against")
-    if log_table == "denied":
-        return Check("migrations", "warning", "functions present; this role may not read _yoyo_migration to check more")
+    if log_table != "readable":
+        why = "no public._yoyo_migration" if log_table == "absent" else "this role may not read _yoyo_migration"
+        return Check("migrations", "warning", f"SQL of pyaccess {release}; {why} to check the rest against")
     applied = {str(row[0]) for row in psycopg.Cursor(conn).execute(queries.DOCTOR_APPLIED).fetchall()}
     pending = [m.id for m in read_migrations(str(migrations_dir())) if m.id not in applied]
     if pending:
         return Check("migrations", "FAIL", f"pending: {', '.join(pending)}; run pyaccess migrate")
-    return Check("migrations", "ok", "every migration is applied")
+    return Check("migrations", "ok", f"every migration is applied; SQL of pyaccess {release}")
+
+
+def _functions(conn: Conn) -> Check:
+    drift = psycopg.Cursor(conn).execute(queries.DOCTOR_API_DRIFT).fetchall()
+    if drift:
+        listing = "; ".join(f"{signature}: {problem}" for signature, problem in drift)
+        return Check("functions", "FAIL", f"{listing}; run pyaccess migrate to install them as released")
+    return Check("functions", "ok", "every function is as this release installed it (body, owner, grants)")
+
+
+def _privileges(conn: Conn) -> Check:
+    paths = psycopg.Cursor(conn).execute(queries.DOCTOR_ESCALATION).fetchall()
+    creators = psycopg.Cursor(conn).execute(queries.DOCTOR_CREATE_IN_SCHEMAS).fetchall()
+    problems = [f"{problem} (fix: {fix})" for problem, fix in paths]
+    problems += [
+        f"{who} may create objects in schema {schema} (fix: REVOKE CREATE ON SCHEMA {schema} FROM {who})"
+        for schema, who in creators
+    ]
+    if problems:
+        return Check("privileges", "FAIL", "; ".join(problems))
+    return Check("privileges", "ok", "no other role can run code as the functions' owner or plant look-alikes")
 
 
 def _key_file(path: KeyFilePath) -> tuple[Check, KeyRing | None]:
@@ -88,20 +109,28 @@ def _key_file(path: KeyFilePath) -> tuple[Check, KeyRing | None]:
 def _census(conn: Conn, path: KeyFilePath) -> Check:
     entries = key_census(conn, key_file=path)
     if not entries:
-        return Check("key census", "ok", "no secrets stored yet")
-    listing = ", ".join(f"{e.key_id}: {e.secrets} ({e.role})" for e in entries)
+        return Check("key census", "ok", "no key registered and no secrets stored yet")
+    listing = ", ".join(
+        f"{e.key_id}: {e.secrets} (v{e.version or '-'}, {e.state}, {e.in_key_file} in key file)" for e in entries
+    )
     if any(not e.readable for e in entries):
-        return Check("key census", "FAIL", f"{listing}; the key file cannot read the 'unknown' ones")
-    if any(e.role == "previous" for e in entries):
+        return Check("key census", "FAIL", f"{listing}; the key file cannot read the secrets under 'absent' ones")
+    if any(e.secrets and e.version == 1 for e in entries):
+        return Check("key census", "warning", f"{listing}; envelopes v1 remain: run pyaccess rotate")
+    if any(e.secrets and e.in_key_file == "previous" for e in entries):
         return Check("key census", "warning", f"{listing}; run pyaccess rotate")
+    if any(e.in_key_file == "current" and e.state != "active" for e in entries) or not any(
+        e.in_key_file == "current" for e in entries
+    ):
+        return Check("key census", "warning", f"{listing}; the key file's current key is not active: stores fail")
     return Check("key census", "ok", listing)
 
 
 def _log_exposure(conn: Conn) -> Check:
     exposure = _one(conn, queries.LOG_EXPOSURE) or []
     try:
-        with conn.transaction():  # a savepoint in _guarded's transaction: the guard's SETs are undone
-            psycopg.Cursor(conn).execute(queries.SESSION_GUARD)
+        with conn.transaction():  # a savepoint in _checked's transaction: the guard's SETs are undone
+            psycopg.Cursor(conn).execute(queries.GUARD)
     except psycopg.errors.InsufficientPrivilege:
         raise
     except psycopg.Error as exc:
@@ -132,20 +161,18 @@ def _transport(conn: Conn) -> Check:
 def _membership(conn: Conn) -> Check:
     row = psycopg.Cursor(conn).execute(queries.DOCTOR_ROLE).fetchone()
     assert row is not None  # current_user always has a pg_roles row
-    user, superuser, reader, writer, column = row
+    user, superuser, *member = row
     if superuser:
         return Check("role", "warning", f"{user} is a superuser; run services under a member of one pyaccess role")
-    roles = [name for name, member in (("reader", reader), ("writer", writer)) if member]
+    roles = [name for name, is_member in zip(("reader", "writer", "rotator"), member, strict=True) if is_member]
     if not roles:
-        return Check("role", "FAIL", f"{user} is a member of neither provision_secret_reader nor _writer")
-    if column:
-        return Check("role", "warning", f"{user} may SELECT the ciphertext column directly; grant columns")
-    if len(roles) == 2:
-        return Check("role", "warning", f"{user} is both reader and writer; give each service only what it needs")
+        return Check("role", "FAIL", f"{user} is a member of none of provision_secret_reader, _writer, _rotator")
+    if len(roles) > 1:
+        return Check("role", "warning", f"{user} is {' and '.join(roles)}; give each service only what it needs")
     return Check("role", "ok", f"{user} is provision_secret_{roles[0]} only")
 
 
-def _guarded(name: str, conn: Conn, check: Callable[[], Check]) -> Check:
+def _checked(name: str, conn: Conn, check: Callable[[], Check]) -> Check:
     try:
         with conn.transaction(force_rollback=True):
             return check()
@@ -169,9 +196,11 @@ def run_checks(dsn: str, *, key_file: KeyFilePath = None) -> Iterator[Check]:
         return
     with conn:
         yield _transport(conn)
-        yield _guarded("role", conn, lambda: _membership(conn))
-        yield _guarded("pgcrypto", conn, lambda: _pgcrypto(conn))
-        yield _guarded("migrations", conn, lambda: _migrations(conn))
-        yield _guarded("server log", conn, lambda: _log_exposure(conn))
+        yield _checked("role", conn, lambda: _membership(conn))
+        yield _checked("pgcrypto", conn, lambda: _pgcrypto(conn))
+        yield _checked("migrations", conn, lambda: _migrations(conn))
+        yield _checked("functions", conn, lambda: _functions(conn))
+        yield _checked("privileges", conn, lambda: _privileges(conn))
+        yield _checked("server log", conn, lambda: _log_exposure(conn))
         if ring is not None:
-            yield _guarded("key census", conn, lambda: _census(conn, key_file))
+            yield _checked("key census", conn, lambda: _census(conn, key_file))

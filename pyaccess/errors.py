@@ -21,6 +21,8 @@ __all__ = [
     "InvalidKeyError",
     "InvalidSecretError",
     "KeyFileError",
+    "KeyNotActiveError",
+    "MigrationRequiredError",
     "ParameterLoggingError",
     "PyAccessError",
     "ReadOnlyError",
@@ -93,6 +95,20 @@ class ParameterLoggingError(PyAccessError):
     sqlstate = "PA007"
 
 
+class KeyNotActiveError(PyAccessError):
+    """The key id is not active in the database's key registry: unknown (a stale or wrong key file?) or
+    retired. Nothing was written; the message names the active key ids (SQLSTATE PA008)."""
+
+    sqlstate = "PA008"
+
+
+class MigrationRequiredError(PyAccessError):
+    """The database has the SQL of an older pyaccess than this library needs: run ``pyaccess migrate``
+    (SQLSTATE PA009, or a pyaccess function or schema that does not exist yet)."""
+
+    sqlstate = "PA009"
+
+
 class AccessDeniedError(PyAccessError):
     """The role may not call this function: grant it provision_secret_reader or _writer (SQLSTATE 42501)."""
 
@@ -119,11 +135,17 @@ _BY_SQLSTATE: Final[dict[str, type[PyAccessError]]] = {
         WrongKeyError,
         SecretIntegrityError,
         ParameterLoggingError,
+        KeyNotActiveError,
+        MigrationRequiredError,
         AccessDeniedError,
         ReadOnlyError,
     )
     if cls.sqlstate is not None
 }
+
+
+# undefined_function, invalid_schema_name: pyaccess sends only calls of its own functions.
+_MISSING_SQL: Final = frozenset({"42883", "3F000"})
 
 
 def from_psycopg(exc: psycopg.Error) -> PyAccessError:
@@ -134,6 +156,10 @@ def from_psycopg(exc: psycopg.Error) -> PyAccessError:
     secret. Anything else is described by its class and SQLSTATE only, since
     some server messages quote parameter values.
     """
+    if exc.sqlstate in _MISSING_SQL:
+        return MigrationRequiredError(
+            f"this database lacks the SQL this pyaccess needs ({exc.diag.message_primary}): run pyaccess migrate"
+        )
     cls = _BY_SQLSTATE.get(exc.sqlstate or "")
     if cls is not None:
         return cls(exc.diag.message_primary or cls.__doc__ or cls.__name__)

@@ -26,6 +26,7 @@ from pyaccess.keys import Key, KeyRing
 __all__ = [
     "DEFAULT_KEY_FILE",
     "Key",
+    "KeyFilePath",
     "KeyRing",
     "load_key_ring",
     "parse_key_ring",
@@ -34,6 +35,9 @@ __all__ = [
 ]
 
 DEFAULT_KEY_FILE: Final = "/vault/secrets/provisioning_secret_enc_key"
+
+#: A key file's path, or None for ``PYACCESS_KEY_FILE`` / :data:`DEFAULT_KEY_FILE`.
+KeyFilePath = str | os.PathLike[str] | None
 MAX_FILE_BYTES: Final = 64 * 1024
 
 _HEX_KEY = re.compile(r"[0-9A-Fa-f]{64}")
@@ -43,13 +47,13 @@ _AGENT_MAP = re.compile(r"^\s*data:\s*map\[(.*?)\]\s*$", re.MULTILINE | re.DOTAL
 _AGENT_KV1 = re.compile(r"^\s*key:\s*(.*?)\s*$", re.MULTILINE)
 
 
-def _key_file_name(key_file: str | os.PathLike[str] | None) -> str:
+def _key_file_name(key_file: KeyFilePath) -> str:
     if key_file is not None:
         return os.fspath(key_file)
     return os.environ.get("PYACCESS_KEY_FILE") or DEFAULT_KEY_FILE
 
 
-def resolve_key_file(key_file: str | os.PathLike[str] | None) -> Path:
+def resolve_key_file(key_file: KeyFilePath) -> Path:
     """The key file to use: the argument, else ``PYACCESS_KEY_FILE``, else the agent's default path."""
     return Path(_key_file_name(key_file))
 
@@ -180,7 +184,7 @@ _cache: dict[str, tuple[tuple[int, ...], KeyRing]] = {}
 _cache_lock = threading.Lock()
 
 
-def load_key_ring(key_file: str | os.PathLike[str] | None = None) -> KeyRing:
+def load_key_ring(key_file: KeyFilePath = None) -> KeyRing:
     """The key ring in the key file, re-read only when the file has changed (one ``stat`` per call)."""
     # The hot path of every call: a str, one stat, one dict lookup; no Path objects.
     name = _key_file_name(key_file)

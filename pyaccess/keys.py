@@ -1,24 +1,34 @@
-"""Keys in memory: a 256-bit master key, a key ring, and what is derived from them.
+"""Master keys in memory, and what the service derives from them (envelope v2).
 
-Nothing here does I/O. Key material never appears in ``repr`` or ``str``.
+Nothing here does I/O and nothing here is ever shown: see ``sql/0.2.0/10_crypto.sql`` for
+the derivation, which the SQL functions compute the same way for the master-key path.
+
+- key id: HMAC-SHA256(master key, "pyaccess key id"), first 8 bytes. Not secret.
+- v2 pair of a group: HMAC-SHA512(master key, "pyaccess v2 group key" || 0x00 || group id (16 bytes)):
+  enc key (32 bytes) || mac key (32 bytes). It opens that one group's secret only.
+- v1 pair (0.1.0's envelopes): HMAC-SHA512(master key, "pyaccess v1 keys"), one for all groups.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import uuid
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Final
 
-from pyaccess.wire import EncodedKeys
+from pyaccess.redacted import WireKeys
 
 __all__ = ["Key", "KeyRing"]
 
-KEY_ID_LABEL = b"pyaccess key id"
+KEY_ID_LABEL: Final = b"pyaccess key id"
+V1_LABEL: Final = b"pyaccess v1 keys"
+V2_LABEL: Final = b"pyaccess v2 group key\x00"
 
 
 class Key:
-    """A 256-bit key. Its material never appears in ``repr`` or ``str``."""
+    """A 256-bit master key. Its material never appears in ``repr`` or ``str``."""
 
     def __init__(self, material: bytes) -> None:
         self.material = material
@@ -27,9 +37,24 @@ class Key:
         return "<pyaccess.Key (256 bits, redacted)>"
 
     @cached_property
+    def id_bytes(self) -> bytes:
+        """The key id as stored in envelopes (8 bytes)."""
+        return hmac.new(self.material, KEY_ID_LABEL, hashlib.sha256).digest()[:8]
+
+    @property
     def key_id(self) -> str:
-        """The key's id as 16 hex digits: HMAC-SHA256(key, "pyaccess key id"), first 8 bytes. Not secret."""
-        return hmac.new(self.material, KEY_ID_LABEL, hashlib.sha256).digest()[:8].hex()
+        """The key id as 16 hex digits, as the census and doctor show it. Not secret."""
+        return self.id_bytes.hex()
+
+    def pair(self, version: int, group_id: uuid.UUID) -> bytes:
+        """enc key || mac key of an envelope version for a group (v1 ignores the group)."""
+        if version == 1:
+            return self._v1_pair
+        return hmac.new(self.material, V2_LABEL + group_id.bytes, hashlib.sha512).digest()
+
+    @cached_property
+    def _v1_pair(self) -> bytes:
+        return hmac.new(self.material, V1_LABEL, hashlib.sha512).digest()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Key) and other.material == self.material
@@ -46,14 +71,35 @@ class KeyRing:
     previous: tuple[Key, ...] = ()
 
     @property
+    def keys(self) -> tuple[Key, ...]:
+        """Every key, the current one first."""
+        return (self.current, *self.previous)
+
+    @property
     def materials(self) -> list[bytes]:
-        """Every key's bytes, the current one first, as the SQL functions take them."""
-        return [self.current.material, *(k.material for k in self.previous)]
+        """Every key's bytes, the current one first, as the master-key SQL functions take them."""
+        return [key.material for key in self.keys]
+
+    @property
+    def key_ids(self) -> list[str]:
+        """Every key's id (hex), the current one first."""
+        return [key.key_id for key in self.keys]
 
     @cached_property
-    def encoded(self) -> EncodedKeys:
-        """:attr:`materials` as a binary ``bytea[]`` parameter, encoded once."""
-        return EncodedKeys(self.materials)
+    def _ids(self) -> bytes:
+        return b"".join(key.id_bytes for key in self.keys)
+
+    def wire_keys(self, group_id: uuid.UUID, version: int = 2) -> WireKeys:
+        """Every key's id, then its pair for this group and envelope version: what opens the group's secret."""
+        return WireKeys(self._ids + b"".join(key.pair(version, group_id) for key in self.keys))
+
+    def sealing_keys(self, group_id: uuid.UUID) -> WireKeys:
+        """The current key's id and v2 pair for this group: what seals the group's secret."""
+        return WireKeys(self.current.id_bytes + self.current.pair(2, group_id))
+
+    def find(self, key_id: bytes) -> Key | None:
+        """The key of the ring with this id, if any."""
+        return next((key for key in self.keys if key.id_bytes == key_id), None)
 
     def __repr__(self) -> str:
         return f"<pyaccess.KeyRing current + {len(self.previous)} previous (redacted)>"

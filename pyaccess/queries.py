@@ -1,29 +1,33 @@
 """Every statement pyaccess sends, named in one place.
 
-The logic lives in SQL (``sql/provision_secret.sql``); these are the calls.
-Keys are bound as binary ``bytea`` parameters (``%b``) on a server-side
-binding cursor: they never appear in query text. Every name is
-schema-qualified, casts included: a type looked up through the session's
-search_path could be an attacker's domain whose CHECK sees the key.
+The logic lives in SQL (``sql/<release>/``); these are the calls. Keys and secrets are
+bound as binary ``bytea`` parameters (:mod:`pyaccess.redacted`) on a server-side binding
+cursor: they never appear in query text. Every name is schema-qualified, casts included:
+a type looked up through the session's search_path could be an attacker's domain.
 """
 
 from typing import Final, LiteralString
 
-STORE: Final[LiteralString] = (
-    "SELECT public.store_provision_secret(%s::pg_catalog.uuid, %s::pg_catalog.text, %b::pg_catalog.bytea)"
+#: The release whose SQL this library needs; older databases raise MigrationRequiredError.
+SQL_RELEASE: Final = "0.2.0"
+
+GUARD: Final[LiteralString] = "SELECT pyaccess.guard('0.2.0')"
+SEAL: Final[LiteralString] = "SELECT pyaccess.seal(%s::pg_catalog.uuid, %b::pg_catalog.bytea, %b::pg_catalog.bytea)"
+OPEN: Final[LiteralString] = (
+    "SELECT version, secret FROM pyaccess.open(%s::pg_catalog.uuid, %b::pg_catalog.bytea, %s::pg_catalog.int4)"
 )
-GET: Final[LiteralString] = "SELECT public.get_provision_secret(%s::pg_catalog.uuid, %b::pg_catalog.bytea[])"
-SESSION_GUARD: Final[LiteralString] = "SELECT public.provision_secret_session_guard()"
-KEY_CENSUS: Final[LiteralString] = "SELECT key_id, secrets FROM public.provision_secret_key_census()"
-KEY_IDS: Final[LiteralString] = (
-    "SELECT public.provision_secret_key_id(k)"
-    " FROM pg_catalog.unnest(%b::pg_catalog.bytea[]) WITH ORDINALITY AS r(k, n) ORDER BY n"
+CENSUS: Final[LiteralString] = "SELECT key_id, version, state, secrets FROM pyaccess.census()"
+REGISTER_KEY: Final[LiteralString] = "SELECT pyaccess.register_key(%b::pg_catalog.bytea)"
+RETIRE_KEY: Final[LiteralString] = "SELECT pyaccess.retire_key(%b::pg_catalog.bytea)"
+REWRAP_TODO: Final[LiteralString] = (
+    "SELECT group_id, version, key_id"
+    " FROM pyaccess.rewrap_todo(%b::pg_catalog.bytea, %s::pg_catalog.uuid, %s::pg_catalog.int4)"
 )
 REWRAP: Final[LiteralString] = (
-    "SELECT group_id, old_key_id"
-    " FROM public.rewrap_provision_secrets(%b::pg_catalog.bytea[], %s::pg_catalog.uuid, %s::pg_catalog.int4)"
+    "SELECT group_id, old_key_id, old_version FROM pyaccess.rewrap("
+    "%s::pg_catalog.uuid[], %b::pg_catalog.bytea[], %b::pg_catalog.bytea[], %b::pg_catalog.bytea)"
 )
-LOG_EXPOSURE: Final[LiteralString] = "SELECT public.provision_secret_log_exposure()"
+LOG_EXPOSURE: Final[LiteralString] = "SELECT pyaccess.log_exposure()"
 
 # Used by `pyaccess demo` only: an OTA group is the management API's to create.
 DEMO_CREATE_GROUP: Final[LiteralString] = "INSERT INTO public.ota_groups (name) VALUES (%s) RETURNING id"
@@ -39,11 +43,19 @@ DOCTOR_PGCRYPTO: Final[LiteralString] = (
     "SELECT e.extversion, n.nspname FROM pg_catalog.pg_extension AS e"
     " JOIN pg_catalog.pg_namespace AS n ON n.oid = e.extnamespace WHERE e.extname = 'pgcrypto'"
 )
-DOCTOR_FUNCTIONS: Final[LiteralString] = (
-    "SELECT f, pg_catalog.to_regprocedure(f) IS NOT NULL FROM pg_catalog.unnest(ARRAY["
-    "'public.store_provision_secret(uuid,text,bytea)', 'public.get_provision_secret(uuid,bytea)',"
-    " 'public.get_provision_secret(uuid,bytea[])', 'public.provision_secret_session_guard()',"
-    " 'public.provision_secret_key_census()', 'public.rewrap_provision_secrets(bytea[],uuid,integer)']) AS f"
+DOCTOR_RELEASE: Final[LiteralString] = (
+    "SELECT CASE WHEN pg_catalog.to_regprocedure('pyaccess.release()') IS NULL THEN NULL"
+    " ELSE (SELECT pyaccess.release()) END"
+)
+DOCTOR_API_DRIFT: Final[LiteralString] = "SELECT signature, problem FROM pyaccess.api_drift()"
+DOCTOR_ESCALATION: Final[LiteralString] = "SELECT problem, fix FROM pyaccess.escalation_paths()"
+DOCTOR_CREATE_IN_SCHEMAS: Final[LiteralString] = (
+    "SELECT n.nspname, CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::pg_catalog.regrole::pg_catalog.text END"
+    " FROM pg_catalog.pg_namespace AS n, pg_catalog.aclexplode(n.nspacl) AS a"
+    " WHERE a.privilege_type = 'CREATE' AND (a.grantee = 0 OR NOT pyaccess._trusted(a.grantee))"
+    " AND (n.nspname IN ('public', 'pyaccess')"
+    "      OR n.oid = (SELECT e.extnamespace FROM pg_catalog.pg_extension AS e WHERE e.extname = 'pgcrypto'))"
+    " ORDER BY 1, 2"
 )
 DOCTOR_CAN_READ_MIGRATIONS: Final[LiteralString] = (
     "SELECT CASE WHEN pg_catalog.to_regclass('public._yoyo_migration') IS NULL THEN 'absent'"
@@ -55,6 +67,6 @@ DOCTOR_ROLE: Final[LiteralString] = (
     "SELECT current_user, r.rolsuper,"
     " pg_catalog.pg_has_role('provision_secret_reader', 'USAGE'),"
     " pg_catalog.pg_has_role('provision_secret_writer', 'USAGE'),"
-    " pg_catalog.has_column_privilege('public.ota_groups', 'provision_secret_ciphertext', 'SELECT')"
+    " pg_catalog.pg_has_role('provision_secret_rotator', 'USAGE')"
     " FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user"
 )

@@ -1,11 +1,12 @@
-"""Key rotation: the census of key ids in use, and re-encryption under the current key.
+"""Key rotation: the census of key ids, the key registry, and re-encryption under the current key.
 
-Re-encryption happens inside PostgreSQL (``rewrap_provision_secrets``): the
-plaintext never reaches Python. Each batch is one short transaction that
-locks only its rows, so ``get`` and ``store`` keep working, and a secret
-stored during the rotation is never overwritten by a stale re-encryption.
-Killed at any point, a rotation loses at most its open batch, which rolls
-back; run it again and it carries on from what is left.
+Re-encryption happens inside PostgreSQL (``pyaccess.rewrap``): the plaintext never
+reaches Python, and Python sends per row only the pairs of that one group (the old one to
+open it, the new one to seal it), never a master key. Each batch is one short transaction
+that locks only its rows, so ``get`` and ``store`` keep working, and a secret stored during
+the rotation is never overwritten by a stale re-encryption. Killed at any point, a
+rotation loses at most its open batch, which rolls back; run it again and it carries on.
+Rotation also converts 0.1.0's envelopes (v1) to v2.
 """
 
 from __future__ import annotations
@@ -14,32 +15,34 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import pq
 
 from pyaccess import queries
-from pyaccess.errors import PyAccessError, WrongKeyError, translate_errors
-from pyaccess.keyfile import load_key_ring
+from pyaccess.errors import PyAccessError, SecretIntegrityError, WrongKeyError, translate_errors
+from pyaccess.execution import Statement, Steps, guard_session, run
+from pyaccess.keyfile import KeyFilePath, load_key_ring
 from pyaccess.keys import KeyRing
-from pyaccess.provision import KeyFilePath
-from pyaccess.session import execute_guarded
+from pyaccess.redacted import WireKeys
 
-__all__ = ["CensusEntry", "RotationReport", "key_census", "ring_key_ids", "rotate"]
+__all__ = ["CensusEntry", "RotationReport", "key_census", "register_key", "retire_key", "rotate"]
 
 
 @dataclass(frozen=True)
 class CensusEntry:
-    """A key id in use, how many secrets it protects, and which key of the ring it is (if any)."""
+    """A key id: its envelope version, registry state, how many secrets it protects, and its place in the key file."""
 
     key_id: str
+    version: int | None  # None: registered, no secret under it
+    state: str  # "active", "retired" or "unregistered"
     secrets: int
-    role: str  # "current", "previous" or "unknown"
+    in_key_file: str  # "current", "previous" or "absent"
 
     @property
     def readable(self) -> bool:
-        return self.role != "unknown"
+        return self.secrets == 0 or self.in_key_file != "absent"
 
 
 @dataclass
@@ -48,6 +51,7 @@ class RotationReport:
 
     current_key_id: str
     dry_run: bool
+    registered: bool = False
     reencrypted: int = 0
     by_old_key_id: Counter[str] = field(default_factory=Counter)
     batches: int = 0
@@ -58,23 +62,57 @@ class RotationReport:
         return self.reencrypted / self.seconds if self.seconds > 0 else 0.0
 
 
-def ring_key_ids(conn: psycopg.Connection[Any], ring: KeyRing) -> list[str]:
-    """The ids of the ring's keys, the current key's first."""
+def _fetch(conn: psycopg.Connection[Any], query: LiteralString, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """A statement that carries no key: no guard needed."""
     with translate_errors():
-        rows = execute_guarded(conn, queries.KEY_IDS, (ring.encoded,)).fetchall()
-    return [str(row[0]) for row in rows]
+        return psycopg.Cursor(conn).execute(query, params).fetchall()
 
 
-def _census(conn: psycopg.Connection[Any], ring_ids: list[str]) -> list[CensusEntry]:
-    with translate_errors():
-        rows = psycopg.Cursor(conn).execute(queries.KEY_CENSUS).fetchall()
-    roles = {key_id: ("current" if i == 0 else "previous") for i, key_id in enumerate(ring_ids)}
-    return [CensusEntry(str(kid), int(n), roles.get(str(kid), "unknown")) for kid, n in rows]
+def _census(conn: psycopg.Connection[Any], ring: KeyRing) -> list[CensusEntry]:
+    places = {key_id: ("current" if i == 0 else "previous") for i, key_id in enumerate(ring.key_ids)}
+    return [
+        CensusEntry(str(kid), version, str(state), int(n), places.get(str(kid), "absent"))
+        for kid, version, state, n in _fetch(conn, queries.CENSUS)
+    ]
 
 
 def key_census(conn: psycopg.Connection[Any], *, key_file: KeyFilePath = None) -> list[CensusEntry]:
-    """Every key id in use with its number of secrets, and whether the key file holds that key."""
-    return _census(conn, ring_key_ids(conn, load_key_ring(key_file)))
+    """Every key id registered or in use, and whether the key file holds that key."""
+    return _census(conn, load_key_ring(key_file))
+
+
+def register_key(conn: psycopg.Connection[Any], *, key_file: KeyFilePath = None) -> str:
+    """Make the key file's current key id active in the registry (its id only crosses). Returns what changed."""
+    ring = load_key_ring(key_file)
+    ((outcome,),) = _fetch(conn, queries.REGISTER_KEY, (ring.current.id_bytes,))
+    return str(outcome)
+
+
+def retire_key(conn: psycopg.Connection[Any], key_id: str) -> None:
+    """Retire a key id: what it sealed still opens; nothing new is sealed under it."""
+    try:
+        raw = bytes.fromhex(key_id)
+    except ValueError:
+        raw = b""
+    if len(raw) != 8:
+        raise PyAccessError("a key id is 16 hexadecimal digits (see pyaccess census)")
+    _fetch(conn, queries.RETIRE_KEY, (raw,))
+
+
+def _rewrap(todo: list[tuple[Any, ...]], ring: KeyRing) -> Steps[list[tuple[Any, ...]]]:
+    """One batch: each row's old pair (v1 or v2) and new v2 pair, derived here from the key file."""
+    group_ids, old, new = [], [], []
+    for gid, version, key_id in todo:
+        key = ring.find(bytes(key_id))
+        if version not in (1, 2):
+            raise SecretIntegrityError(f"the provision secret of OTA group {gid} is malformed or of an unknown format")
+        if key is None:
+            raise WrongKeyError(f"OTA group {gid} is sealed under key id {bytes(key_id).hex()}, not in the key file")
+        group_ids.append(gid)
+        old.append(WireKeys(bytes([version]) + key.id_bytes + key.pair(version, gid)))
+        new.append(WireKeys(ring.current.pair(2, gid)))
+    rows = yield Statement(queries.REWRAP, (group_ids, old, new, ring.current.id_bytes))
+    return rows
 
 
 def rotate(
@@ -86,21 +124,20 @@ def rotate(
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> RotationReport:
-    """Re-encrypt under the current key every secret that is under a previous key.
+    """Re-encrypt under the current key (as envelope v2) every secret that is not v2 under it.
 
-    Commits one transaction per batch, so ``conn`` must not be inside a
-    transaction of the caller's. Refuses with :class:`WrongKeyError` (before
-    changing anything) when some secrets are under keys the key file does not
-    hold: they would be left behind. ``on_start`` gets the number of secrets
-    to re-encrypt, ``on_batch`` the size of each batch done.
+    Registers the current key id as active first if it is not. Commits one transaction per
+    batch, so ``conn`` must not be inside a transaction of the caller's. Refuses with
+    :class:`WrongKeyError` (before changing anything) when some secrets are under keys the
+    key file does not hold: they would be left behind. ``on_start`` gets the number of
+    secrets to re-encrypt, ``on_batch`` the size of each batch done.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise PyAccessError("rotate commits batch by batch: give it a connection outside any transaction")
     ring = load_key_ring(key_file)
-    ring_ids = ring_key_ids(conn, ring)
-    census = _census(conn, ring_ids)
+    census = _census(conn, ring)
     if not conn.autocommit:
         conn.rollback()  # our own read-only transaction: each batch then commits on its own
     unknown = [entry for entry in census if not entry.readable]
@@ -110,25 +147,32 @@ def rotate(
             f"refusing to rotate: secrets are stored under key ids the key file does not hold: {listed}; "
             "add those keys to previous_keys first"
         )
-    report = RotationReport(current_key_id=ring_ids[0], dry_run=dry_run)
-    todo = [entry for entry in census if entry.role == "previous"]
+    report = RotationReport(current_key_id=ring.current.key_id, dry_run=dry_run)
+    todo = [e for e in census if e.secrets and not (e.version == 2 and e.in_key_file == "current")]
     if on_start is not None:
         on_start(sum(entry.secrets for entry in todo))
     if dry_run:
-        report.by_old_key_id.update({entry.key_id: entry.secrets for entry in todo})
+        report.by_old_key_id.update({f"{e.key_id} (v{e.version})": e.secrets for e in todo})
         report.reencrypted = sum(report.by_old_key_id.values())
         return report
+    current = next((e for e in census if e.key_id == ring.current.key_id), None)
+    if current is None or current.state != "active":
+        report.registered = register_key(conn, key_file=key_file) != "already active"
+        if not conn.autocommit:
+            conn.commit()
+    guard_session(conn)
     started = time.monotonic()
     after = None
     while True:
-        with translate_errors(), conn.transaction():
-            rows = execute_guarded(conn, queries.REWRAP, (ring.encoded, after, batch_size)).fetchall()
-        if not rows:
+        with conn.transaction():
+            batch = _fetch(conn, queries.REWRAP_TODO, (ring.current.id_bytes, after, batch_size))
+            rows = run(conn, _rewrap(batch, ring)) if batch else []
+        if not batch:
             break
-        after = rows[-1][0]
+        after = batch[-1][0]
         report.batches += 1
         report.reencrypted += len(rows)
-        report.by_old_key_id.update(str(row[1]) for row in rows)
+        report.by_old_key_id.update(f"{kid} (v{version})" for _, kid, version in rows)
         if on_batch is not None:
             on_batch(len(rows))
     report.seconds = time.monotonic() - started

@@ -35,7 +35,7 @@ from click.testing import CliRunner, Result
 from psycopg import pq, sql
 
 import pyaccess
-from pyaccess import session
+from pyaccess import execution
 from pyaccess.cli import main
 from pyaccess.cluster import LocalCluster, throwaway_cluster
 from pyaccess.keyfile import write_new_key_file
@@ -539,11 +539,11 @@ def exercise_every_function(
 
     # pyaccess inside the caller's transaction, on a session not guarded yet: the guard pipelined with the call
     expected[g_tx] = canary("in-transaction")
-    session.forget(attacker)
+    execution.forget(attacker)
     with attacker.transaction():
         pyaccess.store_provision_secret(attacker, g_tx, expected[g_tx], key_file=key_file)
         assert pyaccess.get_provision_secret(attacker, g_tx, key_file=key_file) == expected[g_tx]
-        assert attacker not in session._guarded
+        assert attacker not in execution._sessions_guarded
 
     # plain SQL, unguarded, unqualified casts on the attacker's search_path
     material = bytes.fromhex(key_hex(key_file))

@@ -34,27 +34,24 @@ END
 $$;
 SELECT pyaccess._declare('pyaccess._audit(text,text,uuid,bytea,text)', 'provision_secret_reader');
 
--- The audited branch of pyaccess._read.
-CREATE OR REPLACE FUNCTION pyaccess._audited(p_group_id uuid, p_key_id bytea, p_secret bytea)
-RETURNS bytea
+-- Records a successful read; returns true (a condition that never fails).
+CREATE OR REPLACE FUNCTION pyaccess._audited_read(p_group_id uuid, p_key_id bytea)
+RETURNS boolean
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM pyaccess._audit('read', 'ok', p_group_id, p_key_id);
-    RETURN p_secret;
+    RETURN true;
 END
 $$;
-SELECT pyaccess._declare('pyaccess._audited(uuid,bytea,bytea)', 'provision_secret_reader');
+SELECT pyaccess._declare('pyaccess._audited_read(uuid,bytea)', 'provision_secret_reader');
 
--- Returns p_secret, after recording a successful read where pyaccess.audit_reads = on.
-CREATE OR REPLACE FUNCTION pyaccess._read(p_group_id uuid, p_key_id bytea, p_secret bytea)
-RETURNS bytea
+-- True, after recording a successful read where pyaccess.audit_reads = on. Inlined: each
+-- parameter appears once, and the plpgsql branch runs only where reads are audited.
+CREATE OR REPLACE FUNCTION pyaccess._read_recorded(p_group_id uuid, p_key_id bytea)
+RETURNS boolean
 LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT CASE WHEN pg_catalog.current_setting('pyaccess.audit_reads', true) = 'on'
-                THEN pyaccess._audited(p_group_id, p_key_id, p_secret)
-                ELSE p_secret
-           END;
-END;
-SELECT pyaccess._declare('pyaccess._read(uuid,bytea,bytea)', 'provision_secret_reader');
+RETURN pg_catalog.current_setting('pyaccess.audit_reads', true) IS DISTINCT FROM 'on'
+       OR pyaccess._audited_read(p_group_id, p_key_id);
+SELECT pyaccess._declare('pyaccess._read_recorded(uuid,bytea)', 'provision_secret_reader');

@@ -84,8 +84,8 @@ BEGIN ATOMIC
     SELECT pyaccess._envelope_version(o.envelope),
            CASE WHEN pyaccess._envelope_version(o.envelope) = p_version AND o.pair IS NOT NULL
                      AND pyaccess._authentic(p_group_id, o.envelope, o.pair)
-                THEN pyaccess._read(p_group_id, pyaccess._envelope_key_id(o.envelope),
-                                    pyaccess._plaintext(o.envelope, o.pair))
+                     AND pyaccess._read_recorded(p_group_id, pyaccess._envelope_key_id(o.envelope))
+                THEN pyaccess._plaintext(o.envelope, o.pair)
                 WHEN pyaccess._envelope_version(o.envelope) <> p_version AND pyaccess._ring_ok(p_keys)
                 THEN NULL
                 ELSE pyaccess._refuse_open(p_group_id, o.found, o.envelope, p_keys)
