@@ -144,7 +144,7 @@ _BY_SQLSTATE: Final[dict[str, type[PyAccessError]]] = {
 }
 
 
-# undefined_function, invalid_schema_name: pyaccess sends only calls of its own functions.
+# undefined_function, invalid_schema_name, naming pyaccess's own: the database's SQL is older.
 _MISSING_SQL: Final = frozenset({"42883", "3F000"})
 
 
@@ -156,7 +156,7 @@ def from_psycopg(exc: psycopg.Error) -> PyAccessError:
     secret. Anything else is described by its class and SQLSTATE only, since
     some server messages quote parameter values.
     """
-    if exc.sqlstate in _MISSING_SQL:
+    if exc.sqlstate in _MISSING_SQL and "pyaccess" in (exc.diag.message_primary or ""):
         return MigrationRequiredError(
             f"this database lacks the SQL this pyaccess needs ({exc.diag.message_primary}): run pyaccess migrate"
         )

@@ -203,3 +203,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped:
         reporter.write_line(f"CI: {len(skipped)} test(s) skipped; in CI a skipped test is a failure", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def register_key(conn: psycopg.Connection[Any], key_file: Path | str) -> None:
+    """Register the key file's current key as active, as the rotator does before Vault is patched (and commit)."""
+    from pyaccess.keyfile import load_key_ring  # noqa: PLC0415
+
+    conn.execute("SELECT pyaccess.register_key(%b)", (load_key_ring(key_file).current.id_bytes,))
+    conn.commit()

@@ -12,7 +12,7 @@ import pytest
 
 import pyaccess
 from pyaccess.keyfile import load_key_ring, write_new_key_file
-from tests.fix_db import new_group
+from tests.fix_db import new_group, register_key
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -68,7 +68,7 @@ def test_store__keeps_no_plaintext_and_uses_a_fresh_iv(conn: Conn, group: uuid.U
     assert first != second
     assert first[10:26] != second[10:26]  # the IVs differ
     assert secret.encode() not in first
-    assert first[0] == 1  # format version
+    assert first[0] == 2  # envelope version 2: per-group keys
     row = conn.execute("SELECT t::text FROM ota_groups t WHERE id = %s", (group,)).fetchone()
     assert row is not None
     assert secret not in str(row[0])
@@ -226,6 +226,7 @@ def test_key_ring__reads_under_previous_keys_and_writes_under_the_current_one(
     old_group, new_group_id = new_group(conn), new_group(conn)
     pyaccess.store_provision_secret(conn, old_group, "under the old key", key_file=key_file)
     ring = _ring_file(tmp_path, other_key_file, key_file)
+    register_key(conn, ring)
     pyaccess.store_provision_secret(conn, new_group_id, "under the new key", key_file=ring)
     assert pyaccess.get_provision_secret(conn, old_group, key_file=ring) == "under the old key"
     assert pyaccess.get_provision_secret(conn, new_group_id, key_file=ring) == "under the new key"

@@ -22,7 +22,7 @@ import pyaccess
 from pyaccess.cluster import free_port
 from pyaccess.keyfile import load_key_ring, write_new_key_file
 from pyaccess.rotation import key_census
-from tests.fix_db import new_group, new_group_async
+from tests.fix_db import new_group, new_group_async, register_key
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -138,12 +138,14 @@ def test_client__picks_up_a_rerendered_key_file(db: str, tmp_path: Path) -> None
         first = load_key_ring(path).current.material.hex()
         staged = tmp_path / "staged"
         staged.write_text(f'{{"key": "{"cd" * 32}", "previous_keys": ["{first}"]}}')
+        with pool.connection() as conn:
+            register_key(conn, staged)  # the runbook: register the new key before Vault is patched
         staged.replace(path)  # the agent's atomic rename
         assert secrets.get(group) == "under the first key"  # read with the previous key
         secrets.store(group, "under the second key")
         with pool.connection() as conn:
             census = key_census(conn, key_file=path)
-        assert [e.role for e in census] == ["current"]
+        assert [(e.in_key_file, e.secrets) for e in census] == [("current", 1), ("previous", 0)]
 
 
 def test_client__with_a_caller_connection__uses_its_transaction(conn: Conn, key_file: Path) -> None:

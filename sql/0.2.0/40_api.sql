@@ -82,7 +82,8 @@ RETURNS TABLE (version integer, secret bytea)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
     SELECT pyaccess._envelope_version(o.envelope),
-           CASE WHEN pyaccess._envelope_version(o.envelope) = p_version AND o.pair IS NOT NULL
+           -- (COALESCE: AND goes on past a NULL, and _authentic must not see a malformed envelope)
+           CASE WHEN COALESCE(pyaccess._envelope_version(o.envelope) = p_version, false) AND o.pair IS NOT NULL
                      AND pyaccess._authentic(p_group_id, o.envelope, o.pair)
                      AND pyaccess._read_recorded(p_group_id, pyaccess._envelope_key_id(o.envelope))
                 THEN pyaccess._plaintext(o.envelope, o.pair)
@@ -345,7 +346,7 @@ BEGIN
     IF p_key_id IS NULL OR pg_catalog.octet_length(p_key_id) <> 8
        OR pg_catalog.cardinality(p_group_ids) IS DISTINCT FROM pg_catalog.cardinality(p_old)
        OR pg_catalog.cardinality(p_group_ids) IS DISTINCT FROM pg_catalog.cardinality(p_new)
-       OR EXISTS (SELECT FROM pg_catalog.unnest(p_old, p_new) AS i(o, n)
+       OR EXISTS (SELECT FROM ROWS FROM (pg_catalog.unnest(p_old), pg_catalog.unnest(p_new)) AS i(o, n)
                    WHERE pg_catalog.octet_length(o) IS DISTINCT FROM 73 OR pg_catalog.octet_length(n) IS DISTINCT FROM 64) THEN
         PERFORM pyaccess._fail('rotate', 'PA001', NULL, p_key_id,
             'rewrap takes, per group, a 73-byte old entry and a 64-byte new pair, and an 8-byte key id');
@@ -359,7 +360,8 @@ BEGIN
     WITH todo AS (
         SELECT g.id, g.provision_secret_ciphertext AS envelope, i.old, i.new
           FROM public.ota_groups AS g
-          JOIN pg_catalog.unnest(p_group_ids, p_old, p_new) AS i(gid, old, new) ON g.id = i.gid
+          JOIN ROWS FROM (pg_catalog.unnest(p_group_ids), pg_catalog.unnest(p_old), pg_catalog.unnest(p_new))
+               AS i(gid, old, new) ON g.id = i.gid
          WHERE pg_catalog.substr(g.provision_secret_ciphertext, 1, 9) = pg_catalog.substr(i.old, 1, 9)
          ORDER BY g.id
            FOR UPDATE OF g
