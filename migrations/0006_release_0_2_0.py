@@ -66,12 +66,9 @@ def uninstall(conn):
         "REVOKE SELECT (id, provision_secret_ciphertext), UPDATE (provision_secret_ciphertext)"
         " ON public.ota_groups FROM provision_secret_owner, provision_secret_reader"
     )
-    cursor.execute(
-        "SELECT pg_catalog.format('COMMENT ON COLUMN public.ota_groups.provision_secret_ciphertext IS %L', %s::text)",
-        (PREVIOUS_COLUMN_COMMENT,),
-    )
+    cursor.execute("SELECT pg_catalog.quote_literal(%s::text)", (PREVIOUS_COLUMN_COMMENT,))
     (comment,) = cursor.fetchone()
-    cursor.execute(comment)
+    cursor.execute(f"COMMENT ON COLUMN public.ota_groups.provision_secret_ciphertext IS {comment}")
     _execute_sql_file(cursor, PREVIOUS)
 
 

@@ -32,9 +32,15 @@ BEGIN
     END IF;
     -- A migrating role that is not a superuser acts through membership: it creates objects
     -- that provision_secret_owner then owns.
-    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
-       AND NOT pg_catalog.pg_has_role(current_user, 'provision_secret_owner', 'USAGE') THEN
-        EXECUTE pg_catalog.format('GRANT provision_secret_owner TO %I', current_user);
+    -- It also needs provision_secret_owner to hold CREATE on public, where the contract's
+    -- functions live: ALTER FUNCTION ... OWNER TO requires it of a non-superuser.
+    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+        IF NOT pg_catalog.pg_has_role(current_user, 'provision_secret_owner', 'USAGE') THEN
+            EXECUTE pg_catalog.format('GRANT provision_secret_owner TO %I', current_user);
+        END IF;
+        IF NOT pg_catalog.has_schema_privilege('provision_secret_owner', 'public', 'CREATE') THEN
+            GRANT CREATE ON SCHEMA public TO provision_secret_owner;
+        END IF;
     END IF;
 END
 $$;
