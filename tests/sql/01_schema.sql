@@ -1,22 +1,54 @@
--- pyaccess pgTAP: the database objects the migrations create.
+-- pyaccess pgTAP: the database objects of release 0.2.0, read from the catalog.
 --
 -- Run against a migrated database, as a superuser:
 --     pg_prove -d DB --ext .sql tests/sql/
 -- Everything happens in one transaction that is rolled back.
+--
+-- The functions are checked by iterating over the one list, pyaccess.api (owner, grants,
+-- SECURITY DEFINER, search_path), never over a list copied here: a function added to the
+-- release is checked as soon as it is declared, and one not declared is caught as drift.
 
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 
-SELECT plan(68);
+-- Each function on the list, as the catalog shows it.
+CREATE TEMP TABLE api_fn AS
+SELECT a.signature, a.grantees, p.oid, n.nspname AS schema_name, p.proname AS function_name,
+       ARRAY(SELECT pg_catalog.format_type(t.type, NULL)
+               FROM pg_catalog.unnest(p.proargtypes::oid[]) WITH ORDINALITY AS t (type, n)
+              ORDER BY t.n)::name[] AS args,
+       p.prosecdef, p.proconfig, p.prosqlbody IS NOT NULL AS sql_standard_body
+  FROM pyaccess.api AS a
+  LEFT JOIN pg_catalog.pg_proc AS p ON p.oid = pg_catalog.to_regprocedure(a.signature)
+  LEFT JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace;
+
+-- The SECURITY DEFINER entry points of 0.2.0: each acts on ota_groups or the registry for a
+-- caller who has no privilege on them. Everything else runs with the caller's rights.
+CREATE TEMP TABLE expected_definers (signature text PRIMARY KEY);
+INSERT INTO expected_definers VALUES
+    ('public.store_provision_secret(uuid,text,bytea)'),
+    ('public.get_provision_secret(uuid,bytea)'),
+    ('public.get_provision_secret(uuid,bytea[])'),
+    ('public.provision_secret_key_id(bytea)'),
+    ('public.provision_secret_key_census()'),
+    ('public.rewrap_provision_secrets(bytea[],uuid,integer)'),
+    ('pyaccess.seal(uuid,bytea,bytea)'),
+    ('pyaccess.register_key(bytea)'),
+    ('pyaccess.retire_key(bytea)'),
+    ('pyaccess.census()'),
+    ('pyaccess.rewrap_todo(bytea,uuid,integer)'),
+    ('pyaccess.rewrap(uuid[],bytea[],bytea[],bytea)');
+
+SELECT plan(76 + 8 * (SELECT pg_catalog.count(*)::integer FROM api_fn)
+               + (SELECT pg_catalog.count(*)::integer FROM api_fn WHERE prosecdef));
 
 -- ---------------------------------------------------------------------
--- pgcrypto and the table
+-- pgcrypto, the table and the ciphertext column
 -- ---------------------------------------------------------------------
 
 SELECT has_extension('pgcrypto', 'the pgcrypto extension is installed');
 
 SELECT has_table('public', 'ota_groups', 'table public.ota_groups exists');
-SELECT has_pk('public', 'ota_groups', 'ota_groups has a primary key');
 SELECT col_is_pk('public', 'ota_groups', 'id', 'ota_groups.id is the primary key');
 SELECT col_type_is('public', 'ota_groups', 'id', 'uuid', 'ota_groups.id is a uuid');
 SELECT col_type_is('public', 'ota_groups', 'name', 'text', 'ota_groups.name is text');
@@ -39,200 +71,274 @@ SELECT is_empty(
          FROM pg_catalog.pg_attribute AS a
         WHERE a.attrelid = 'public.ota_groups'::regclass
           AND a.attnum > 0 AND NOT a.attisdropped
-          AND a.attname ~* 'secret'
-          AND a.atttypid <> 'bytea'::regtype $$,
-    'ota_groups has no non-bytea column that could hold a plaintext secret'
+          AND a.attname ~* 'secret|key'
+          AND a.attname <> 'provision_secret_ciphertext' $$,
+    'ota_groups has no column besides provision_secret_ciphertext that could hold a secret or a key'
 );
-
--- ---------------------------------------------------------------------
--- Functions, with their exact argument types
--- ---------------------------------------------------------------------
-
-SELECT has_function('public', 'store_provision_secret', ARRAY['uuid', 'text', 'bytea'],
-                    'function store_provision_secret(uuid, text, bytea) exists');
-SELECT has_function('public', 'get_provision_secret', ARRAY['uuid', 'bytea'],
-                    'function get_provision_secret(uuid, bytea) exists');
-SELECT has_function('public', 'get_provision_secret', ARRAY['uuid', 'bytea[]'],
-                    'function get_provision_secret(uuid, bytea[]) exists (the key-ring variant)');
-SELECT has_function('public', 'provision_secret_key_census', ARRAY[]::name[],
-                    'function provision_secret_key_census() exists');
-SELECT has_function('public', 'provision_secret_key_id', ARRAY['bytea'],
-                    'function provision_secret_key_id(bytea) exists');
-SELECT has_function('public', 'rewrap_provision_secrets', ARRAY['bytea[]', 'uuid', 'integer'],
-                    'function rewrap_provision_secrets(bytea[], uuid, integer) exists');
-SELECT has_function('public', 'provision_secret_session_guard', ARRAY[]::name[],
-                    'function provision_secret_session_guard() exists');
-SELECT has_function('public', 'provision_secret_log_exposure', ARRAY[]::name[],
-                    'function provision_secret_log_exposure() exists');
-SELECT has_function('public', '_provision_secret_check_keys', ARRAY['bytea[]'],
-                    'private helper _provision_secret_check_keys(bytea[]) exists');
-SELECT has_function('public', '_provision_secret_refuse', ARRAY['uuid', 'bytea', 'bytea[]'],
-                    'private helper _provision_secret_refuse(uuid, bytea, bytea[]) exists');
-SELECT has_function('public', '_provision_secret_key_id', ARRAY['bytea'],
-                    'private helper _provision_secret_key_id(bytea) exists');
-SELECT has_function('public', '_provision_secret_subkeys', ARRAY['bytea'],
-                    'private helper _provision_secret_subkeys(bytea) exists');
-SELECT has_function('public', '_provision_secret_body', ARRAY['bytea', 'bytea', 'bytea', 'bytea'],
-                    'private helper _provision_secret_body(bytea, bytea, bytea, bytea) exists');
-SELECT has_function('public', '_provision_secret_tag', ARRAY['uuid', 'bytea', 'bytea'],
-                    'private helper _provision_secret_tag(uuid, bytea, bytea) exists');
-SELECT has_function('public', '_provision_secret_well_formed', ARRAY['bytea'],
-                    'private helper _provision_secret_well_formed(bytea) exists');
-SELECT has_function('public', '_provision_secret_authentic', ARRAY['uuid', 'bytea', 'bytea'],
-                    'private helper _provision_secret_authentic(uuid, bytea, bytea) exists');
-SELECT has_function('public', '_provision_secret_plaintext', ARRAY['bytea', 'bytea'],
-                    'private helper _provision_secret_plaintext(bytea, bytea) exists');
-
--- A function added without being listed here would also escape the
--- privilege checks of 02_privileges.sql.
 SELECT is_empty(
-    $$ SELECT p.proname || '(' || pg_catalog.oidvectortypes(p.proargtypes) || ')'
-         FROM pg_catalog.pg_proc AS p
-        WHERE p.pronamespace = 'public'::regnamespace
-          AND p.proname ~ 'provision_secret'
-          AND p.proname || '(' || pg_catalog.oidvectortypes(p.proargtypes) || ')' NOT IN (
-              'store_provision_secret(uuid, text, bytea)',
-              'get_provision_secret(uuid, bytea)',
-              'get_provision_secret(uuid, bytea[])',
-              'provision_secret_key_census()',
-              'provision_secret_key_id(bytea)',
-              'rewrap_provision_secrets(bytea[], uuid, integer)',
-              'provision_secret_session_guard()',
-              'provision_secret_log_exposure()',
-              '_provision_secret_check_keys(bytea[])',
-              '_provision_secret_refuse(uuid, bytea, bytea[])',
-              '_provision_secret_key_id(bytea)',
-              '_provision_secret_subkeys(bytea)',
-              '_provision_secret_body(bytea, bytea, bytea, bytea)',
-              '_provision_secret_tag(uuid, bytea, bytea)',
-              '_provision_secret_well_formed(bytea)',
-              '_provision_secret_authentic(uuid, bytea, bytea)',
-              '_provision_secret_plaintext(bytea, bytea)') $$,
-    'public has no provision secret function beyond the seventeen tested here'
+    $$ SELECT t.tgname FROM pg_catalog.pg_trigger AS t
+        WHERE t.tgrelid = 'public.ota_groups'::regclass AND NOT t.tgisinternal $$,
+    'ota_groups has no trigger (nothing runs as the owner when a secret is written)'
 );
-
-SELECT function_returns('public', 'store_provision_secret', ARRAY['uuid', 'text', 'bytea'], 'void',
-                        'store_provision_secret(uuid, text, bytea) returns void');
-SELECT function_returns('public', 'get_provision_secret', ARRAY['uuid', 'bytea'], 'text',
-                        'get_provision_secret(uuid, bytea) returns text');
-SELECT function_returns('public', 'get_provision_secret', ARRAY['uuid', 'bytea[]'], 'text',
-                        'get_provision_secret(uuid, bytea[]) returns text');
-SELECT is(
-    pg_catalog.pg_get_function_arguments(pg_catalog.to_regprocedure('public.rewrap_provision_secrets(bytea[], uuid, integer)')),
-    'keys bytea[], after_group_id uuid DEFAULT NULL::uuid, batch_size integer DEFAULT 1000',
-    'rewrap_provision_secrets defaults to starting at the first group, in batches of 1000'
+SELECT ok(
+    (SELECT pg_catalog.col_description('public.ota_groups'::regclass, a.attnum) ~ 'version \(1 or 2\)'
+       FROM pg_catalog.pg_attribute AS a
+      WHERE a.attrelid = 'public.ota_groups'::regclass AND a.attname = 'provision_secret_ciphertext'),
+    'the ciphertext column''s comment documents envelope versions 1 and 2'
 );
 
 -- ---------------------------------------------------------------------
--- SECURITY DEFINER where the caller must not touch the table itself;
--- SECURITY INVOKER where the function acts on the caller's own session
+-- Roles: present, NOLOGIN, no special powers; the owner is never a superuser
 -- ---------------------------------------------------------------------
 
-SELECT is_definer('public', 'store_provision_secret', ARRAY['uuid', 'text', 'bytea'],
-                  'store_provision_secret(uuid, text, bytea) is SECURITY DEFINER');
-SELECT is_definer('public', 'get_provision_secret', ARRAY['uuid', 'bytea'],
-                  'get_provision_secret(uuid, bytea) is SECURITY DEFINER');
-SELECT is_definer('public', 'get_provision_secret', ARRAY['uuid', 'bytea[]'],
-                  'get_provision_secret(uuid, bytea[]) is SECURITY DEFINER');
-SELECT is_definer('public', 'provision_secret_key_census', ARRAY[]::name[],
-                  'provision_secret_key_census() is SECURITY DEFINER');
-SELECT is_definer('public', 'provision_secret_key_id', ARRAY['bytea'],
-                  'provision_secret_key_id(bytea) is SECURITY DEFINER');
-SELECT is_definer('public', 'rewrap_provision_secrets', ARRAY['bytea[]', 'uuid', 'integer'],
-                  'rewrap_provision_secrets(bytea[], uuid, integer) is SECURITY DEFINER');
-SELECT isnt_definer('public', 'provision_secret_session_guard', ARRAY[]::name[],
-                    'provision_secret_session_guard() is SECURITY INVOKER (it changes only the caller''s session)');
-SELECT isnt_definer('public', 'provision_secret_log_exposure', ARRAY[]::name[],
-                    'provision_secret_log_exposure() is SECURITY INVOKER (it reads the caller''s session settings)');
-
--- ---------------------------------------------------------------------
--- Every function whose names are resolved at run time pins its
--- search_path (pg_temp last, so a caller's temporary objects can never
--- shadow anything); the expression helpers have SQL-standard bodies,
--- resolved once at CREATE, and no SET clause, so they are inlined
--- ---------------------------------------------------------------------
-
+SELECT has_role(r, 'role ' || r || ' exists')
+  FROM pg_catalog.unnest(ARRAY['provision_secret_owner', 'provision_secret_rotator',
+                               'provision_secret_writer', 'provision_secret_reader']) AS r;
 SELECT is(
-    p.proconfig,
-    ARRAY['search_path=pg_catalog, pg_temp'],
-    f.signature || ' pins search_path to pg_catalog, pg_temp'
+    (SELECT ARRAY[rolcanlogin, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls, rolreplication]
+       FROM pg_catalog.pg_roles WHERE rolname = r),
+    ARRAY[false, false, false, false, false, false],
+    r || ' is NOLOGIN and neither superuser nor CREATEROLE, CREATEDB, BYPASSRLS or REPLICATION'
 )
-  FROM (VALUES (1, 'public.store_provision_secret(uuid, text, bytea)'),
-               (2, 'public.get_provision_secret(uuid, bytea)'),
-               (3, 'public.get_provision_secret(uuid, bytea[])'),
-               (4, 'public.provision_secret_key_census()'),
-               (5, 'public.provision_secret_key_id(bytea)'),
-               (6, 'public.rewrap_provision_secrets(bytea[], uuid, integer)'),
-               (7, 'public.provision_secret_session_guard()'),
-               (8, 'public.provision_secret_log_exposure()'),
-               (9, 'public._provision_secret_check_keys(bytea[])'),
-               (10, 'public._provision_secret_refuse(uuid, bytea, bytea[])')) AS f (n, signature)
-  LEFT JOIN pg_catalog.pg_proc AS p ON p.oid = pg_catalog.to_regprocedure(f.signature)
- ORDER BY f.n;
-
-SELECT ok(
-    (SELECT p.prosqlbody IS NOT NULL AND p.proconfig IS NULL AND NOT p.prosecdef
-       FROM pg_catalog.pg_proc AS p WHERE p.oid = 'public._provision_secret_key_id(bytea)'::regprocedure),
-    '_provision_secret_key_id(bytea) has a SQL-standard body (names bound at CREATE) and no SET clause (inlinable)'
-);
-SELECT ok(
-    (SELECT p.prosqlbody IS NOT NULL AND p.proconfig IS NULL AND NOT p.prosecdef
-       FROM pg_catalog.pg_proc AS p WHERE p.oid = 'public._provision_secret_subkeys(bytea)'::regprocedure),
-    '_provision_secret_subkeys(bytea) has a SQL-standard body (names bound at CREATE) and no SET clause (inlinable)'
-);
-SELECT ok(
-    (SELECT p.prosqlbody IS NOT NULL AND p.proconfig IS NULL AND NOT p.prosecdef
-       FROM pg_catalog.pg_proc AS p WHERE p.oid = 'public._provision_secret_body(bytea, bytea, bytea, bytea)'::regprocedure),
-    '_provision_secret_body(bytea, bytea, bytea, bytea) has a SQL-standard body (names bound at CREATE) and no SET clause (inlinable)'
-);
-SELECT ok(
-    (SELECT p.prosqlbody IS NOT NULL AND p.proconfig IS NULL AND NOT p.prosecdef
-       FROM pg_catalog.pg_proc AS p WHERE p.oid = 'public._provision_secret_tag(uuid, bytea, bytea)'::regprocedure),
-    '_provision_secret_tag(uuid, bytea, bytea) has a SQL-standard body (names bound at CREATE) and no SET clause (inlinable)'
-);
-SELECT ok(
-    (SELECT p.prosqlbody IS NOT NULL AND p.proconfig IS NULL AND NOT p.prosecdef
-       FROM pg_catalog.pg_proc AS p WHERE p.oid = 'public._provision_secret_well_formed(bytea)'::regprocedure),
-    '_provision_secret_well_formed(bytea) has a SQL-standard body (names bound at CREATE) and no SET clause (inlinable)'
-);
-SELECT ok(
-    (SELECT p.prosqlbody IS NOT NULL AND p.proconfig IS NULL AND NOT p.prosecdef
-       FROM pg_catalog.pg_proc AS p WHERE p.oid = 'public._provision_secret_authentic(uuid, bytea, bytea)'::regprocedure),
-    '_provision_secret_authentic(uuid, bytea, bytea) has a SQL-standard body (names bound at CREATE) and no SET clause (inlinable)'
-);
-SELECT ok(
-    (SELECT p.prosqlbody IS NOT NULL AND p.proconfig IS NULL AND NOT p.prosecdef
-       FROM pg_catalog.pg_proc AS p WHERE p.oid = 'public._provision_secret_plaintext(bytea, bytea)'::regprocedure),
-    '_provision_secret_plaintext(bytea, bytea) has a SQL-standard body (names bound at CREATE) and no SET clause (inlinable)'
+  FROM pg_catalog.unnest(ARRAY['provision_secret_owner', 'provision_secret_rotator',
+                               'provision_secret_writer', 'provision_secret_reader']) AS r;
+SELECT isnt_superuser('provision_secret_owner',
+                      'provision_secret_owner, which SECURITY DEFINER bodies run as, is not a superuser');
+SELECT is_empty(
+    $$ SELECT m.member::regrole FROM pg_catalog.pg_auth_members AS m
+        WHERE m.roleid = 'provision_secret_owner'::regrole
+          AND m.member IN ('provision_secret_reader'::regrole, 'provision_secret_writer'::regrole,
+                           'provision_secret_rotator'::regrole) $$,
+    'no service role is a member of provision_secret_owner (none acts as the owner)'
 );
 
 -- ---------------------------------------------------------------------
--- The two group roles: present, NOLOGIN, no special powers
+-- Schema pyaccess: owned by provision_secret_owner, who alone may create there
 -- ---------------------------------------------------------------------
 
-SELECT has_role('provision_secret_writer', 'role provision_secret_writer exists');
-SELECT has_role('provision_secret_reader', 'role provision_secret_reader exists');
-SELECT is(
-    (SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = 'provision_secret_writer'),
-    false,
-    'provision_secret_writer is NOLOGIN'
+SELECT has_schema('pyaccess', 'schema pyaccess exists');
+SELECT schema_owner_is('pyaccess', 'provision_secret_owner', 'schema pyaccess is owned by provision_secret_owner');
+SELECT schema_privs_are('pyaccess', r, ARRAY['USAGE'],
+                        r || ' may use schema pyaccess but not create in it')
+  FROM pg_catalog.unnest(ARRAY['provision_secret_rotator', 'provision_secret_writer', 'provision_secret_reader']) AS r;
+SELECT schema_privs_are('pyaccess', 'public', ARRAY[]::name[],
+                        'PUBLIC may neither use nor create in schema pyaccess');
+SELECT tables_are('pyaccess', ARRAY['api', 'keys'], 'schema pyaccess holds exactly the tables api and keys');
+SELECT table_owner_is('pyaccess', 'api', 'provision_secret_owner', 'pyaccess.api is owned by provision_secret_owner');
+SELECT table_owner_is('pyaccess', 'keys', 'provision_secret_owner', 'pyaccess.keys is owned by provision_secret_owner');
+SELECT is(pyaccess.release(), '0.2.0', 'pyaccess.release() says the installed SQL is 0.2.0');
+
+-- ---------------------------------------------------------------------
+-- The key registry pyaccess.keys: key ids (8 bytes, never keys) and their state
+-- ---------------------------------------------------------------------
+
+SELECT has_table('pyaccess', 'keys', 'the key registry pyaccess.keys exists');
+SELECT columns_are('pyaccess', 'keys', ARRAY['key_id', 'state', 'registered_at', 'registered_by', 'retired_at'],
+                   'pyaccess.keys has the columns key_id, state, registered_at, registered_by, retired_at');
+SELECT col_is_pk('pyaccess', 'keys', 'key_id', 'pyaccess.keys.key_id is the primary key');
+SELECT col_type_is('pyaccess', 'keys', 'key_id', 'bytea', 'pyaccess.keys.key_id is bytea');
+SELECT col_not_null('pyaccess', 'keys', 'state', 'pyaccess.keys.state is NOT NULL');
+SELECT throws_ok(
+    $$ INSERT INTO pyaccess.keys (key_id, state) VALUES (decode(repeat('ab', 32), 'hex'), 'active') $$,
+    '23514', NULL,
+    'the registry refuses a 32-byte value as key id (a key never lands there by mistake)'
 );
-SELECT is(
-    (SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = 'provision_secret_reader'),
-    false,
-    'provision_secret_reader is NOLOGIN'
+SELECT throws_ok(
+    $$ INSERT INTO pyaccess.keys (key_id, state) VALUES ('\x0102030405060708', 'revoked') $$,
+    '23514', NULL,
+    'the registry knows only the states active and retired'
 );
-SELECT is(
-    (SELECT ARRAY[rolsuper, rolcreaterole, rolcreatedb, rolbypassrls, rolreplication]
-       FROM pg_catalog.pg_roles WHERE rolname = 'provision_secret_writer'),
-    ARRAY[false, false, false, false, false],
-    'provision_secret_writer is neither superuser nor CREATEROLE, CREATEDB, BYPASSRLS or REPLICATION'
+SELECT table_privs_are('pyaccess', 'keys', r, ARRAY[]::name[],
+                       r || ' has no privilege on pyaccess.keys (only through the registry functions)')
+  FROM pg_catalog.unnest(ARRAY['provision_secret_rotator', 'provision_secret_writer', 'provision_secret_reader',
+                               'public']) AS r;
+
+-- ---------------------------------------------------------------------
+-- The one list pyaccess.api: complete, fingerprinted, holding the contract and the service API
+-- ---------------------------------------------------------------------
+
+SELECT has_table('pyaccess', 'api', 'the list of functions pyaccess.api exists');
+SELECT set_has(
+    $$ SELECT signature FROM pyaccess.api $$,
+    $$ VALUES ('public.store_provision_secret(uuid,text,bytea)'),
+              ('public.get_provision_secret(uuid,bytea)'),
+              ('public.get_provision_secret(uuid,bytea[])'),
+              ('public.rewrap_provision_secrets(bytea[],uuid,integer)'),
+              ('pyaccess.guard(text)'),
+              ('pyaccess.seal(uuid,bytea,bytea)'),
+              ('pyaccess.open(uuid,bytea,integer)'),
+              ('pyaccess.register_key(bytea)'),
+              ('pyaccess.retire_key(bytea)'),
+              ('pyaccess.census()'),
+              ('pyaccess.rewrap_todo(bytea,uuid,integer)'),
+              ('pyaccess.rewrap(uuid[],bytea[],bytea[],bytea)'),
+              ('pyaccess.api_drift()'),
+              ('pyaccess.escalation_paths()') $$,
+    'pyaccess.api lists the contract''s functions and the service API'
 );
+SELECT is_empty(
+    $$ SELECT pg_catalog.format('%I.%I(%s)', n.nspname, p.proname, pg_catalog.oidvectortypes(p.proargtypes))
+         FROM pg_catalog.pg_proc AS p JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+        WHERE (n.nspname = 'pyaccess' OR (n.nspname = 'public' AND p.proname ~ 'provision_secret'))
+          AND p.oid NOT IN (SELECT pg_catalog.to_regprocedure(a.signature) FROM pyaccess.api AS a) $$,
+    'every function in schema pyaccess, and every provision_secret function in public, is on pyaccess.api'
+);
+SELECT is_empty(
+    $$ SELECT p.proname FROM pg_catalog.pg_proc AS p
+        WHERE p.pronamespace = 'public'::regnamespace AND p.proname ~ '^_provision_secret' $$,
+    '0.1.0''s private helpers in public are gone (01_remove_0.1.0.sql)'
+);
+SELECT is_empty(
+    $$ SELECT signature FROM pyaccess.api WHERE definition IS NULL OR owner IS NULL OR acl IS NULL $$,
+    'every function on pyaccess.api has its fingerprint recorded (definition, owner, grants)'
+);
+SELECT is_empty($$ SELECT * FROM pyaccess.api_drift() $$,
+                'pyaccess.api_drift() is empty on a clean install: every function is as recorded');
+SELECT is_empty($$ SELECT * FROM pyaccess.escalation_paths() $$,
+                'pyaccess.escalation_paths() is empty on a clean install: no role could run code as the owner');
+
+-- ---------------------------------------------------------------------
+-- Every function on the list: it exists, provision_secret_owner owns it, its names are
+-- bound at CREATE, and exactly the listed roles may execute it
+-- ---------------------------------------------------------------------
+
+SELECT has_function(f.schema_name, f.function_name, f.args, f.signature || ' exists')
+  FROM api_fn AS f ORDER BY f.signature;
+
+SELECT function_owner_is(f.schema_name, f.function_name, f.args, 'provision_secret_owner',
+                         f.signature || ' is owned by provision_secret_owner')
+  FROM api_fn AS f ORDER BY f.signature;
+
+-- A SQL-standard body resolves every name at CREATE; any other body must pin search_path,
+-- so that nothing is looked up at run time in a schema that another role controls.
+SELECT ok(f.sql_standard_body OR f.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'],
+          f.signature || ' binds its names at CREATE (SQL-standard body) or pins search_path')
+  FROM api_fn AS f ORDER BY f.signature;
+
+SELECT is(f.proconfig, ARRAY['search_path=pg_catalog, pg_temp'],
+          f.signature || ' is SECURITY DEFINER and pins search_path to pg_catalog, pg_temp')
+  FROM api_fn AS f WHERE f.prosecdef ORDER BY f.signature;
+
+SELECT function_privs_are(
+    f.schema_name, f.function_name, f.args, r.role,
+    CASE WHEN r.role = ANY (f.grantees) THEN ARRAY['EXECUTE'] ELSE ARRAY[]::name[] END,
+    pg_catalog.format('%s: %s %s EXECUTE', f.signature, r.role,
+                      CASE WHEN r.role = ANY (f.grantees) THEN 'has' ELSE 'has no' END)
+)
+  FROM api_fn AS f
+ CROSS JOIN (VALUES (1, 'provision_secret_reader'), (2, 'provision_secret_writer'),
+                    (3, 'provision_secret_rotator'), (4, 'public')) AS r (n, role)
+ ORDER BY f.signature, r.n;
+
 SELECT is(
-    (SELECT ARRAY[rolsuper, rolcreaterole, rolcreatedb, rolbypassrls, rolreplication]
-       FROM pg_catalog.pg_roles WHERE rolname = 'provision_secret_reader'),
-    ARRAY[false, false, false, false, false],
-    'provision_secret_reader is neither superuser nor CREATEROLE, CREATEDB, BYPASSRLS or REPLICATION'
+    ARRAY(SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+            FROM pg_catalog.pg_proc AS p, pg_catalog.aclexplode(p.proacl) AS a
+           WHERE p.oid = f.oid AND a.grantee <> p.proowner
+           ORDER BY 1),
+    ARRAY(SELECT g FROM pg_catalog.unnest(f.grantees) AS g ORDER BY 1),
+    f.signature || ': EXECUTE is granted to the listed roles and to nobody else'
+)
+  FROM api_fn AS f ORDER BY f.signature;
+
+-- ---------------------------------------------------------------------
+-- SECURITY DEFINER exactly where a caller acts on what it may not touch itself
+-- ---------------------------------------------------------------------
+
+SELECT set_eq(
+    $$ SELECT signature FROM api_fn WHERE prosecdef $$,
+    $$ SELECT signature FROM expected_definers $$,
+    'the SECURITY DEFINER functions are exactly the contract''s entry points, seal, the registry and rotation'
+);
+SELECT is_definer('pyaccess', 'seal', ARRAY['uuid', 'bytea', 'bytea'],
+                  'pyaccess.seal is SECURITY DEFINER (the writer has no privilege on ota_groups)');
+SELECT isnt_definer('pyaccess', 'open', ARRAY['uuid', 'bytea', 'integer'],
+                    'pyaccess.open is SECURITY INVOKER (the reader''s own SELECT on the ciphertext, and inlined)');
+SELECT isnt_definer('pyaccess', 'guard', ARRAY['text'],
+                    'pyaccess.guard is SECURITY INVOKER (it changes only the caller''s session)');
+SELECT isnt_definer('pyaccess', 'guard_session', ARRAY[]::name[],
+                    'pyaccess.guard_session is SECURITY INVOKER (it changes only the caller''s session)');
+SELECT isnt_definer('pyaccess', 'log_exposure', ARRAY[]::name[],
+                    'pyaccess.log_exposure is SECURITY INVOKER (it reads the caller''s session settings)');
+SELECT is_definer('public', 'store_provision_secret', ARRAY['uuid', 'text', 'bytea'],
+                  'public.store_provision_secret is SECURITY DEFINER');
+SELECT is_definer('public', 'get_provision_secret', ARRAY['uuid', 'bytea'],
+                  'public.get_provision_secret(uuid, bytea) is SECURITY DEFINER');
+SELECT is_definer('public', 'get_provision_secret', ARRAY['uuid', 'bytea[]'],
+                  'public.get_provision_secret(uuid, bytea[]) is SECURITY DEFINER');
+
+-- The expression helpers are SQL functions with SQL-standard bodies and no SET clause:
+-- PostgreSQL inlines them into the calling statement.
+SELECT is_empty(
+    $$ SELECT signature FROM api_fn
+        WHERE signature IN ('pyaccess._key_id(bytea)', 'pyaccess._pair(integer,bytea,uuid)',
+                            'pyaccess._body(integer,bytea,bytea,bytea,bytea)', 'pyaccess._tag(uuid,bytea,bytea)',
+                            'pyaccess._authentic(uuid,bytea,bytea)', 'pyaccess._plaintext(bytea,bytea)',
+                            'pyaccess._envelope_version(bytea)', 'pyaccess._pick(bytea,bytea)',
+                            'pyaccess._open(uuid,bytea,integer)', 'pyaccess.open(uuid,bytea,integer)')
+          AND NOT (sql_standard_body AND proconfig IS NULL AND NOT prosecdef) $$,
+    'the envelope helpers, pyaccess._open and pyaccess.open are inlinable (SQL-standard body, no SET, invoker)'
+);
+
+-- ---------------------------------------------------------------------
+-- Signatures the Python layer and the DBAs rely on
+-- ---------------------------------------------------------------------
+
+SELECT is(pg_catalog.pg_get_function_result('pyaccess.open(uuid,bytea,integer)'::regprocedure),
+          'TABLE(version integer, secret bytea)',
+          'pyaccess.open returns (version integer, secret bytea)');
+SELECT is(pg_catalog.pg_get_function_result('pyaccess.census()'::regprocedure),
+          'TABLE(key_id text, version integer, state text, secrets bigint)',
+          'pyaccess.census returns (key_id text, version integer, state text, secrets bigint)');
+SELECT is(pg_catalog.pg_get_function_result('pyaccess.rewrap_todo(bytea,uuid,integer)'::regprocedure),
+          'TABLE(group_id uuid, version integer, key_id bytea)',
+          'pyaccess.rewrap_todo returns (group_id uuid, version integer, key_id bytea)');
+SELECT is(pg_catalog.pg_get_function_result('pyaccess.rewrap(uuid[],bytea[],bytea[],bytea)'::regprocedure),
+          'TABLE(group_id uuid, old_key_id text, old_version integer)',
+          'pyaccess.rewrap returns (group_id uuid, old_key_id text, old_version integer)');
+SELECT function_returns('public', 'store_provision_secret', ARRAY['uuid', 'text', 'bytea'], 'void',
+                        'public.store_provision_secret(uuid, text, bytea) returns void');
+SELECT function_returns('public', 'get_provision_secret', ARRAY['uuid', 'bytea'], 'text',
+                        'public.get_provision_secret(uuid, bytea) returns text');
+SELECT function_returns('public', 'get_provision_secret', ARRAY['uuid', 'bytea[]'], 'text',
+                        'public.get_provision_secret(uuid, bytea[]) returns text');
+SELECT is(
+    pg_catalog.pg_get_function_arguments('public.rewrap_provision_secrets(bytea[],uuid,integer)'::regprocedure),
+    'keys bytea[], after_group_id uuid DEFAULT NULL::uuid, batch_size integer DEFAULT 1000',
+    'rewrap_provision_secrets keeps 0.1.0''s arguments and defaults'
+);
+
+-- ---------------------------------------------------------------------
+-- Controls: the drift and escalation checks do report what they exist to find
+-- ---------------------------------------------------------------------
+
+CREATE ROLE pgtap_pyaccess_stranger NOLOGIN;
+
+GRANT EXECUTE ON FUNCTION pyaccess._pair(integer, bytea, uuid) TO pgtap_pyaccess_stranger;
+SELECT results_eq(
+    $$ SELECT signature FROM pyaccess.api_drift() $$,
+    $$ VALUES ('pyaccess._pair(integer,bytea,uuid)') $$,
+    'control: a grant made by hand on a listed function shows up in pyaccess.api_drift()'
+);
+REVOKE EXECUTE ON FUNCTION pyaccess._pair(integer, bytea, uuid) FROM pgtap_pyaccess_stranger;
+
+CREATE FUNCTION pyaccess.seal(p_group_id text) RETURNS void LANGUAGE sql RETURN NULL;
+SELECT ok(
+    (SELECT pg_catalog.bool_or(problem ~ 'planted overload') FROM pyaccess.api_drift()
+      WHERE signature = 'pyaccess.seal(p_group_id text)'),
+    'control: a function not on the list in schema pyaccess shows up in pyaccess.api_drift() as a planted overload'
+);
+DROP FUNCTION pyaccess.seal(text);
+
+GRANT TRIGGER ON public.ota_groups TO pgtap_pyaccess_stranger;
+SELECT ok(
+    (SELECT pg_catalog.bool_or(problem ~ 'pgtap_pyaccess_stranger holds TRIGGER') FROM pyaccess.escalation_paths()),
+    'control: a role holding TRIGGER on ota_groups shows up in pyaccess.escalation_paths()'
+);
+REVOKE TRIGGER ON public.ota_groups FROM pgtap_pyaccess_stranger;
+
+SELECT ok(
+    NOT EXISTS (SELECT FROM pyaccess.api_drift()) AND NOT EXISTS (SELECT FROM pyaccess.escalation_paths()),
+    'control: once undone, api_drift() and escalation_paths() are empty again'
 );
 
 SELECT * FROM finish();
