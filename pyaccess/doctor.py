@@ -56,7 +56,7 @@ def _pgcrypto(conn: Conn) -> Check:
 
 
 def _migrations(conn: Conn) -> Check:
-    release = _one(conn, queries.DOCTOR_RELEASE)
+    release = _one(conn, queries.DOCTOR_RELEASE) if _one(conn, queries.DOCTOR_HAS_RELEASE) else None
     if release is None:
         return Check("migrations", "FAIL", f"no pyaccess {queries.SQL_RELEASE} SQL here; run pyaccess migrate")
     if release != queries.SQL_RELEASE:

@@ -43,10 +43,8 @@ DOCTOR_PGCRYPTO: Final[LiteralString] = (
     "SELECT e.extversion, n.nspname FROM pg_catalog.pg_extension AS e"
     " JOIN pg_catalog.pg_namespace AS n ON n.oid = e.extnamespace WHERE e.extname = 'pgcrypto'"
 )
-DOCTOR_RELEASE: Final[LiteralString] = (
-    "SELECT CASE WHEN pg_catalog.to_regprocedure('pyaccess.release()') IS NULL THEN NULL"
-    " ELSE (SELECT pyaccess.release()) END"
-)
+DOCTOR_HAS_RELEASE: Final[LiteralString] = "SELECT pg_catalog.to_regprocedure('pyaccess.release()') IS NOT NULL"
+DOCTOR_RELEASE: Final[LiteralString] = "SELECT pyaccess.release()"
 DOCTOR_API_DRIFT: Final[LiteralString] = "SELECT signature, problem FROM pyaccess.api_drift()"
 DOCTOR_ESCALATION: Final[LiteralString] = "SELECT problem, fix FROM pyaccess.escalation_paths()"
 DOCTOR_CREATE_IN_SCHEMAS: Final[LiteralString] = (

@@ -16,18 +16,15 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from yoyo import read_migrations
 
 import pyaccess
-from pyaccess.cluster import find_bindir
 from pyaccess.migrate import apply_migrations, pending_migrations, rollback_migrations
-from tests.fix_db import Server, new_group, user_dsn
+from tests.fix_db import Server, execute, new_group, query, scalar, schema_dump, user_dsn, yoyo_url
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = ROOT / "migrations"
@@ -96,23 +93,6 @@ SELECT p.oid::regprocedure::text
 # ---------------------------------------------------------------------------
 
 
-def query(dsn: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        return connection.execute(statement, params).fetchall()  # type: ignore[arg-type]
-
-
-def scalar(dsn: str, statement: str, params: tuple[Any, ...] = ()) -> Any:
-    rows = query(dsn, statement, params)
-    assert len(rows) == 1, rows
-    return rows[0][0]
-
-
-def execute(dsn: str, *statements: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        for statement in statements:
-            connection.execute(statement)  # type: ignore[arg-type]
-
-
 def installed_functions(dsn: str) -> set[str]:
     with psycopg.connect(dsn, autocommit=True) as connection:
         # With only pg_catalog on the path, regprocedure names the schema: public.f(uuid,text).
@@ -139,46 +119,6 @@ def table_comment(dsn: str) -> str | None:
     comment = scalar(dsn, "SELECT pg_catalog.obj_description('public.ota_groups'::regclass, 'pg_class')")
     assert comment is None or isinstance(comment, str)
     return comment
-
-
-def conninfo(dsn: str) -> dict[str, str]:
-    return {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
-
-
-def yoyo_url(dsn: str) -> str:
-    """The ``postgresql+psycopg://`` URL yoyo's command line wants, for a libpq DSN."""
-    params = conninfo(dsn)
-    userinfo = quote(params.pop("user", ""), safe="")
-    if "password" in params:
-        userinfo += ":" + quote(params.pop("password"), safe="")
-    host = params.pop("host", "")
-    port = params.pop("port", "")
-    dbname = quote(params.pop("dbname"), safe="")
-    if host.startswith("/"):  # a Unix socket directory goes in the query string
-        params["host"] = host
-        host = ""
-    netloc = f"{userinfo}@{host}" + (f":{port}" if port and host else "")
-    if port and not host:
-        params["port"] = port
-    query_string = f"?{urlencode(params)}" if params else ""
-    return f"postgresql+psycopg://{netloc}/{dbname}{query_string}"
-
-
-def schema_dump(dsn: str) -> list[str]:
-    """``pg_dump --schema-only`` without comments, ``\\restrict`` lines and blank lines."""
-    result = subprocess.run(
-        [str(find_bindir() / "pg_dump"), "--schema-only", "--no-password", f"--dbname={dsn}"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return [
-        line
-        for line in result.stdout.splitlines()
-        if line.strip() and not line.startswith("--") and not line.startswith(("\\restrict", "\\unrestrict"))
-    ]
 
 
 def applied_migration_ids(dsn: str) -> list[str]:
