@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tarfile
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +36,13 @@ class Release:
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYACCESS_", "PG"))}
         return subprocess.run(
-            [str(self.bin / "pyaccess"), *args], input=stdin, capture_output=True, text=True, env=env, timeout=120
+            [str(self.bin / "pyaccess"), *args],
+            check=False,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
         )
 
     def store(self, dsn: str, group_id: uuid.UUID, secret: str, key_file: Path) -> None:
@@ -51,7 +56,7 @@ class Release:
 
 
 @pytest.fixture(scope="session")
-def release_0_1_0(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
+def release_0_1_0(tmp_path_factory: pytest.TempPathFactory) -> Release:
     base = tmp_path_factory.mktemp("release-0.1.0")
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", "--format=tar", RELEASE_0_1_0], capture_output=True, check=True
@@ -65,4 +70,4 @@ def release_0_1_0(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]
         check=True,
         timeout=600,
     )
-    yield Release(base / "src", venv / "bin")
+    return Release(base / "src", venv / "bin")
