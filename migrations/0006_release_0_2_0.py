@@ -36,6 +36,17 @@ def _execute_sql_file(cursor, path):
     cursor.execute(path.read_text(encoding="utf-8").replace("@extschema@", schema))
 
 
+def preflight(conn):
+    """Raises, changing nothing, where install would refuse: ``pyaccess migrate`` calls it before
+    applying any migration, so an unsafe database is not left half-migrated at 0.1.0's SQL."""
+    cursor = conn.cursor()
+    cursor.execute("SELECT pg_catalog.to_regclass('public.ota_groups') IS NOT NULL")
+    (table_exists,) = cursor.fetchone()
+    if table_exists:  # else pyaccess creates the table itself, owned by the migrating role
+        # 00_schema.sql calls nothing of pgcrypto's; the caller rolls it back.
+        cursor.execute((RELEASE / "00_schema.sql").read_text(encoding="utf-8"))
+
+
 def install(conn):
     cursor = conn.cursor()
     cursor.execute("SET LOCAL lock_timeout = '5s'")

@@ -9,9 +9,11 @@ guarded once, when it is created::
     secrets.pool = pool
     secret = secrets.get(group_id)
 
-A pool's ``reset`` hook may run ``DISCARD ALL``, which removes the guard: the server then
-refuses the next call on that connection (PA007) before it runs, and the client guards
-the connection again and retries that call once.
+A pool that resets sessions should use the client's own hook, ``reset=secrets.reset``
+(``DISCARD ALL``, then the guard again), so that every connection it hands out is
+guarded. Any other ``DISCARD ALL`` or ``RESET ALL`` removes the guard: the server then
+refuses the next call on that connection (PA007) before it opens anything, and the client
+guards the connection again and retries that call once.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import psycopg
 
 from pyaccess import aio, provision
 from pyaccess.errors import ParameterLoggingError
-from pyaccess.execution import GuardMode, guard_session, guard_session_async
+from pyaccess.execution import GuardMode, forget, guard_session, guard_session_async
 from pyaccess.keyfile import KeyFilePath, load_key_ring, resolve_key_file
 from pyaccess.redacted import Plaintext
 
@@ -32,6 +34,17 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 __all__ = ["AsyncProvisionSecrets", "ProvisionSecrets"]
+
+
+def _forget_prepared(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """Drop psycopg's record of prepared statements, which DISCARD ALL deallocated on the server.
+
+    psycopg (3.3) notices a DISCARD ALL only the first time it sees that statement's text; from
+    the second reset on it would execute statements the server no longer has.
+    """
+    prepared = getattr(conn, "_prepared", None)
+    if prepared is not None:
+        prepared.clear()
 
 
 class _Base:
@@ -60,6 +73,18 @@ class ProvisionSecrets(_Base):
 
     def configure(self, conn: psycopg.Connection[Any]) -> None:
         """A pool ``configure`` hook: guards the new connection for its whole session."""
+        if self.guard is GuardMode.ONCE:
+            guard_session(conn)
+
+    def reset(self, conn: psycopg.Connection[Any]) -> None:
+        """A pool ``reset`` hook: ``DISCARD ALL`` for the next user of the connection, then the guard again."""
+        autocommit, conn.autocommit = conn.autocommit, True  # DISCARD ALL cannot run in a transaction block
+        try:
+            conn.execute("DISCARD ALL", prepare=False)  # a prepared DISCARD ALL would deallocate itself
+        finally:
+            conn.autocommit = autocommit
+        _forget_prepared(conn)
+        forget(conn)
         if self.guard is GuardMode.ONCE:
             guard_session(conn)
 
@@ -115,6 +140,19 @@ class AsyncProvisionSecrets(_Base):
 
     async def configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """An async pool ``configure`` hook: guards the new connection for its whole session."""
+        if self.guard is GuardMode.ONCE:
+            await guard_session_async(conn)
+
+    async def reset(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """An async pool ``reset`` hook: ``DISCARD ALL`` for the next user of the connection, then the guard again."""
+        autocommit = conn.autocommit
+        await conn.set_autocommit(True)  # DISCARD ALL cannot run in a transaction block
+        try:
+            await conn.execute("DISCARD ALL", prepare=False)  # a prepared DISCARD ALL would deallocate itself
+        finally:
+            await conn.set_autocommit(autocommit)
+        _forget_prepared(conn)
+        forget(conn)
         if self.guard is GuardMode.ONCE:
             await guard_session_async(conn)
 

@@ -161,12 +161,14 @@ def _transport(conn: Conn) -> Check:
 def _membership(conn: Conn) -> Check:
     row = psycopg.Cursor(conn).execute(queries.DOCTOR_ROLE).fetchone()
     assert row is not None  # current_user always has a pg_roles row
-    user, superuser, *member = row
+    user, superuser, *member, reads_ciphertext = row
     if superuser:
         return Check("role", "warning", f"{user} is a superuser; run services under a member of one pyaccess role")
     roles = [name for name, is_member in zip(("reader", "writer", "rotator"), member, strict=True) if is_member]
     if not roles:
         return Check("role", "FAIL", f"{user} is a member of none of provision_secret_reader, _writer, _rotator")
+    if reads_ciphertext and "reader" not in roles:
+        return Check("role", "warning", f"{user} may SELECT the ciphertext column directly; only readers should")
     if len(roles) > 1:
         return Check("role", "warning", f"{user} is {' and '.join(roles)}; give each service only what it needs")
     return Check("role", "ok", f"{user} is provision_secret_{roles[0]} only")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import read_migrations
@@ -40,6 +41,21 @@ def _backend(dsn: str) -> DatabaseBackend:
     return backend
 
 
+def _preflight(backend: DatabaseBackend, todo: Any) -> None:
+    """Run each pending migration's ``preflight(conn)``, if it has one, before applying any of them.
+
+    A release's migration refuses unsafe databases; checked up front, such a database is
+    refused as it is rather than after the earlier migrations of a fresh install applied.
+    """
+    for migration in todo:
+        migration.load()
+        check = getattr(migration.module, "preflight", None)
+        if check is not None:
+            connection = backend.connection  # psycopg's, for the postgresql+psycopg backend
+            with connection.transaction(force_rollback=True):
+                check(connection)
+
+
 def pending_migrations(dsn: str) -> list[str]:
     """The ids of the migrations not yet applied."""
     backend = _backend(dsn)
@@ -59,6 +75,7 @@ def apply_migrations(dsn: str, lock_timeout: float = 60.0) -> list[str]:
     try:
         with backend.lock(timeout=lock_timeout):
             todo = backend.to_apply(read_migrations(str(migrations_dir())))
+            _preflight(backend, todo)
             backend.apply_migrations(todo)
         applied = [m.id for m in todo]
     finally:

@@ -50,7 +50,7 @@ DOCTOR_ESCALATION: Final[LiteralString] = "SELECT problem, fix FROM pyaccess.esc
 DOCTOR_CREATE_IN_SCHEMAS: Final[LiteralString] = (
     "SELECT n.nspname, CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::pg_catalog.regrole::pg_catalog.text END"
     " FROM pg_catalog.pg_namespace AS n, pg_catalog.aclexplode(n.nspacl) AS a"
-    " WHERE a.privilege_type = 'CREATE' AND (a.grantee = 0 OR NOT pyaccess._trusted(a.grantee))"
+    " WHERE a.privilege_type = 'CREATE' AND pyaccess._service_role(a.grantee)"
     " AND (n.nspname IN ('public', 'pyaccess')"
     "      OR n.oid = (SELECT e.extnamespace FROM pg_catalog.pg_extension AS e WHERE e.extname = 'pgcrypto'))"
     " ORDER BY 1, 2"
@@ -65,6 +65,7 @@ DOCTOR_ROLE: Final[LiteralString] = (
     "SELECT current_user, r.rolsuper,"
     " pg_catalog.pg_has_role('provision_secret_reader', 'USAGE'),"
     " pg_catalog.pg_has_role('provision_secret_writer', 'USAGE'),"
-    " pg_catalog.pg_has_role('provision_secret_rotator', 'USAGE')"
+    " pg_catalog.pg_has_role('provision_secret_rotator', 'USAGE'),"
+    " pg_catalog.has_column_privilege('public.ota_groups', 'provision_secret_ciphertext', 'SELECT')"
     " FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user"
 )

@@ -1,4 +1,6 @@
--- pyaccess 0.2.0, part 00: roles, the pyaccess schema, the key registry and the one list of functions.
+-- pyaccess 0.2.0, part 00: roles, the pyaccess schema, the one list of functions, and the refusal of
+-- databases where another role could run code as the functions' owner (also run alone, and rolled
+-- back, by pyaccess migrate before it applies anything: migrations/0006_release_0_2_0.py, preflight).
 --
 -- Installed by migrations/0006_release_0_2_0.py with the other files of this folder, in file-name
 -- order, after @extschema@ is replaced by the schema that holds pgcrypto. Every statement is
@@ -45,6 +47,54 @@ BEGIN
 END
 $$;
 
+CREATE SCHEMA IF NOT EXISTS pyaccess AUTHORIZATION provision_secret_owner;
+ALTER SCHEMA pyaccess OWNER TO provision_secret_owner;
+REVOKE ALL ON SCHEMA pyaccess FROM PUBLIC;
+COMMENT ON SCHEMA pyaccess IS 'pyaccess: functions, key registry; only provision_secret_owner creates here';
+
+
+-- =====================================================================
+-- The one list of functions: each CREATE FUNCTION in this folder is followed by a
+-- pyaccess._declare(signature, grantees). 90_privileges.sql asserts owner and grants from
+-- it; the rollback drops what it lists; doctor compares every function with it.
+-- =====================================================================
+
+CREATE TABLE IF NOT EXISTS pyaccess.api (
+    signature   text    PRIMARY KEY,   -- schema.name(identity arguments)
+    grantees    text[]  NOT NULL,      -- roles given EXECUTE; nobody else holds it
+    release     text    NOT NULL,      -- the release whose SQL defined it
+    definition  text,                  -- md5 of pg_get_functiondef() once installed
+    owner       text,
+    acl         text[]
+);
+ALTER TABLE pyaccess.api OWNER TO provision_secret_owner;
+COMMENT ON TABLE pyaccess.api IS 'pyaccess: every function of the installed release, as installed';
+TRUNCATE pyaccess.api;
+
+-- The release whose SQL is installed.
+CREATE OR REPLACE FUNCTION pyaccess.release()
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN '0.2.0';
+
+-- Puts a function on the list, with the roles that may execute it ('' for none). Signatures
+-- are spelled schema.name(types) whatever the caller's search_path.
+CREATE OR REPLACE FUNCTION pyaccess._declare(p_signature text, p_grantees text)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    INSERT INTO pyaccess.api (signature, grantees, release)
+    VALUES (p_signature::pg_catalog.regprocedure::text,
+            COALESCE(pg_catalog.string_to_array(NULLIF(p_grantees, ''), ','), '{}'),
+            pyaccess.release())
+    ON CONFLICT (signature) DO UPDATE SET grantees = excluded.grantees, release = excluded.release;
+END;
+
+
+SELECT pyaccess._declare('pyaccess.release()', 'provision_secret_reader,provision_secret_writer,provision_secret_rotator');
+SELECT pyaccess._declare('pyaccess._declare(text,text)', '');
+
 -- =====================================================================
 -- Refuse setups in which another role could make code run as the owner
 --
@@ -53,11 +103,6 @@ $$;
 -- on it, owns a trigger function on it, or owns or may create in pgcrypto's schema, could
 -- run code with the owner's rights.
 -- =====================================================================
-
-CREATE SCHEMA IF NOT EXISTS pyaccess AUTHORIZATION provision_secret_owner;
-ALTER SCHEMA pyaccess OWNER TO provision_secret_owner;
-REVOKE ALL ON SCHEMA pyaccess FROM PUBLIC;
-COMMENT ON SCHEMA pyaccess IS 'pyaccess: functions, key registry; only provision_secret_owner creates here';
 
 -- Whether a role already holds provision_secret_owner's rights (pg_database_owner: the database's owner).
 CREATE OR REPLACE FUNCTION pyaccess._trusted(p_role oid)
@@ -70,6 +115,19 @@ BEGIN ATOMIC
                                WHERE d.datname = pg_catalog.current_database())
                         ELSE p_role END AS oid) AS who
       LEFT JOIN pg_catalog.pg_roles AS r ON r.oid = who.oid;
+END;
+
+-- Whether a role is PUBLIC (0) or one of the service roles (not trusted): who must never create
+-- objects where pyaccess's functions live.
+CREATE OR REPLACE FUNCTION pyaccess._service_role(p_role oid)
+RETURNS boolean
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT p_role = 0
+           OR (NOT pyaccess._trusted(p_role)
+               AND (pg_catalog.pg_has_role(p_role, 'provision_secret_reader'::pg_catalog.name, 'MEMBER')
+                    OR pg_catalog.pg_has_role(p_role, 'provision_secret_writer'::pg_catalog.name, 'MEMBER')
+                    OR pg_catalog.pg_has_role(p_role, 'provision_secret_rotator'::pg_catalog.name, 'MEMBER')));
 END;
 
 -- Each way another role could run code as the owner: empty when none.
@@ -110,9 +168,12 @@ BEGIN ATOMIC
       FROM pg_catalog.pg_extension AS e
       JOIN pg_catalog.pg_namespace AS n ON n.oid = e.extnamespace,
            pg_catalog.aclexplode(n.nspacl) AS a
-     WHERE e.extname = 'pgcrypto' AND a.privilege_type = 'CREATE'
-       AND (a.grantee = 0 OR NOT pyaccess._trusted(a.grantee));
+     WHERE e.extname = 'pgcrypto' AND a.privilege_type = 'CREATE' AND pyaccess._service_role(a.grantee);
 END;
+
+SELECT pyaccess._declare('pyaccess._trusted(oid)', 'provision_secret_reader,provision_secret_writer,provision_secret_rotator');
+SELECT pyaccess._declare('pyaccess._service_role(oid)', 'provision_secret_reader,provision_secret_writer,provision_secret_rotator');
+SELECT pyaccess._declare('pyaccess.escalation_paths()', 'provision_secret_reader,provision_secret_writer,provision_secret_rotator');
 
 DO $$
 DECLARE
@@ -127,86 +188,3 @@ BEGIN
 END
 $$;
 
--- =====================================================================
--- The one list of functions: each CREATE FUNCTION in this folder is followed by a
--- pyaccess._declare(signature, grantees). 90_privileges.sql asserts owner and grants from
--- it; the rollback drops what it lists; doctor compares every function with it.
--- =====================================================================
-
-CREATE TABLE IF NOT EXISTS pyaccess.api (
-    signature   text    PRIMARY KEY,   -- schema.name(identity arguments)
-    grantees    text[]  NOT NULL,      -- roles given EXECUTE; nobody else holds it
-    release     text    NOT NULL,      -- the release whose SQL defined it
-    definition  text,                  -- md5 of pg_get_functiondef() once installed
-    owner       text,
-    acl         text[]
-);
-ALTER TABLE pyaccess.api OWNER TO provision_secret_owner;
-COMMENT ON TABLE pyaccess.api IS 'pyaccess: every function of the installed release, as installed';
-TRUNCATE pyaccess.api;
-
--- The release whose SQL is installed.
-CREATE OR REPLACE FUNCTION pyaccess.release()
-RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN '0.2.0';
-
--- Puts a function on the list, with the roles that may execute it ('' for none). Signatures
--- are spelled schema.name(types) whatever the caller's search_path.
-CREATE OR REPLACE FUNCTION pyaccess._declare(p_signature text, p_grantees text)
-RETURNS void
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
-    INSERT INTO pyaccess.api (signature, grantees, release)
-    VALUES (p_signature::pg_catalog.regprocedure::text,
-            COALESCE(pg_catalog.string_to_array(NULLIF(p_grantees, ''), ','), '{}'),
-            pyaccess.release())
-    ON CONFLICT (signature) DO UPDATE SET grantees = excluded.grantees, release = excluded.release;
-END;
-
-SELECT pyaccess._declare('pyaccess._trusted(oid)', 'provision_secret_reader,provision_secret_writer,provision_secret_rotator');
-SELECT pyaccess._declare('pyaccess.escalation_paths()', 'provision_secret_reader,provision_secret_writer,provision_secret_rotator');
-SELECT pyaccess._declare('pyaccess.release()', 'provision_secret_reader,provision_secret_writer,provision_secret_rotator');
-SELECT pyaccess._declare('pyaccess._declare(text,text)', '');
-
--- =====================================================================
--- The key registry: which key ids may seal (active) and which may only open (retired)
--- =====================================================================
-
-CREATE TABLE IF NOT EXISTS pyaccess.keys (
-    key_id        bytea       PRIMARY KEY CHECK (pg_catalog.octet_length(key_id) = 8),
-    state         text        NOT NULL CHECK (state IN ('active', 'retired')),
-    registered_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    registered_by text        NOT NULL DEFAULT session_user,
-    retired_at    timestamptz
-);
-ALTER TABLE pyaccess.keys OWNER TO provision_secret_owner;
-COMMENT ON TABLE pyaccess.keys IS 'pyaccess key registry: key ids (never keys) and whether stores may use them';
-
--- Upgrading from 0.1.0: the key ids already in use stay usable.
-INSERT INTO pyaccess.keys (key_id, state)
-SELECT DISTINCT pg_catalog.substr(g.provision_secret_ciphertext, 2, 8), 'active'
-  FROM public.ota_groups AS g
- WHERE g.provision_secret_ciphertext IS NOT NULL AND pg_catalog.octet_length(g.provision_secret_ciphertext) >= 9
-ON CONFLICT (key_id) DO NOTHING;
-
--- =====================================================================
--- Table privileges: the owner reads and writes the one column; a reader may read it
--- (it is ciphertext); nobody else gets anything from pyaccess.
--- =====================================================================
-
-DO $$
-BEGIN
-    IF (SELECT relowner FROM pg_catalog.pg_class WHERE oid = 'public.ota_groups'::regclass)
-       <> 'provision_secret_owner'::regrole THEN
-        GRANT SELECT (id, provision_secret_ciphertext), UPDATE (provision_secret_ciphertext)
-           ON public.ota_groups TO provision_secret_owner;
-    END IF;
-END
-$$;
-GRANT SELECT (id, provision_secret_ciphertext) ON public.ota_groups TO provision_secret_reader;
-GRANT USAGE ON SCHEMA pyaccess TO provision_secret_reader, provision_secret_writer, provision_secret_rotator;
-GRANT SELECT ON pyaccess.api TO provision_secret_reader, provision_secret_writer, provision_secret_rotator;
-COMMENT ON COLUMN public.ota_groups.provision_secret_ciphertext IS
-    'pyaccess envelope: version (1 or 2) || key id || IV || AES-256-CBC ciphertext || HMAC-SHA256 tag; see sql/';

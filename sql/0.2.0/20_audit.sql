@@ -4,12 +4,12 @@
 -- record is one line, a fixed prefix and a JSON object, so a log pipeline can keep exactly
 -- these lines:
 --
---   pyaccess-audit {"event":"read","outcome":"ok","group_id":"…","key_id":"…","role":"…",
---                   "application_name":"…","client_addr":"…","pid":123,"at":"…"}
+--   pyaccess-audit {"event":"read","outcome":"ok","group_id":"...","key_id":"...","role":"...",
+--                   "application_name":"...","client_addr":"...","pid":123,"at":"..."}
 --
 -- Never a key, never a secret. Writes, refusals, registry changes and rotation batches are
 -- always recorded: they are rare and precious. Successful reads may be many; they are
--- recorded where pyaccess.audit_reads = on (ALTER ROLE … SET / ALTER DATABASE … SET).
+-- recorded where pyaccess.audit_reads = on (ALTER ROLE ... SET / ALTER DATABASE ... SET).
 
 -- Writes one audit record to the server log (RAISE LOG: not sent to the client).
 CREATE OR REPLACE FUNCTION pyaccess._audit(p_event text, p_outcome text, p_group_id uuid, p_key_id bytea,

@@ -94,7 +94,7 @@ BEGIN
         ERRCODE = 'PA007',
         MESSAGE = 'this session is not guarded against logging bound parameters '
                   '(never guarded, or reset by DISCARD ALL / RESET ALL, or the configuration was reloaded)',
-        HINT = 'call pyaccess.guard(…) first; the pyaccess library does this by itself';
+        HINT = 'call pyaccess.guard(...) first; the pyaccess library does this by itself';
 END
 $$;
 SELECT pyaccess._declare('pyaccess._refuse_unguarded()', 'provision_secret_reader,provision_secret_writer,provision_secret_rotator');

@@ -212,8 +212,9 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF pg_catalog.string_to_array(pyaccess.release(), '.')::integer[]
-       < pg_catalog.string_to_array(p_release, '.')::integer[] THEN
+    IF p_release IS NULL OR p_release !~ '^[0-9]+(\.[0-9]+)*$'
+       OR pg_catalog.string_to_array(pyaccess.release(), '.')::integer[]
+          < pg_catalog.string_to_array(p_release, '.')::integer[] THEN
         RAISE EXCEPTION USING
             ERRCODE = 'PA009',
             MESSAGE = pg_catalog.format('this database has the SQL of pyaccess %s; the library needs %s',

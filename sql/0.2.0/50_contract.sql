@@ -28,25 +28,35 @@ END
 $$;
 SELECT pyaccess._declare('pyaccess._check_masters(bytea[])', '');
 
--- p_plaintext as text in the database's encoding; PA002 (without the bytes) when it cannot hold it.
+-- Raises PA003 for a NULL group id (no group has it), before any key is derived for it.
+CREATE OR REPLACE FUNCTION pyaccess._check_group_id(p_group_id uuid)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_group_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'PA003', MESSAGE = 'no OTA group with id NULL';
+    END IF;
+END
+$$;
+SELECT pyaccess._declare('pyaccess._check_group_id(uuid)', '');
+
+-- p_plaintext as text in the database's encoding; PA002 (without the bytes, which PostgreSQL's own
+-- message would quote) when it cannot hold it or it is not UTF-8.
 CREATE OR REPLACE FUNCTION pyaccess._as_text(p_group_id uuid, p_plaintext bytea)
 RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF pg_catalog.getdatabaseencoding() = 'UTF8' THEN
-        RETURN pg_catalog.convert_from(p_plaintext, 'UTF8');
-    END IF;
-    BEGIN
-        RETURN pg_catalog.convert_from(p_plaintext, 'UTF8');
-    EXCEPTION WHEN untranslatable_character OR character_not_in_repertoire THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'PA002',
-            MESSAGE = pg_catalog.format('the provision secret of OTA group %s cannot be shown as text in this '
-                                        'database''s encoding %s', p_group_id, pg_catalog.getdatabaseencoding()),
-            HINT = 'read it with the pyaccess library, which takes it as UTF-8 bytes';
-    END;
+    RETURN pg_catalog.convert_from(p_plaintext, 'UTF8');
+EXCEPTION WHEN untranslatable_character OR character_not_in_repertoire THEN
+    RAISE EXCEPTION USING
+        ERRCODE = 'PA002',
+        MESSAGE = pg_catalog.format('the provision secret of OTA group %s cannot be shown as text in this '
+                                    'database''s encoding %s', p_group_id, pg_catalog.getdatabaseencoding()),
+        HINT = 'read it with the pyaccess library, which takes it as UTF-8 bytes';
 END
 $$;
 SELECT pyaccess._declare('pyaccess._as_text(uuid,bytea)', '');
@@ -60,6 +70,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM pyaccess._check_masters(ARRAY[$3]);
+    PERFORM pyaccess._check_group_id($1);
     PERFORM pyaccess._seal($1, pg_catalog.convert_to($2, 'UTF8'), pyaccess._ring(2, ARRAY[$3], $1));
 END
 $$;
@@ -79,6 +90,7 @@ DECLARE
     v_secret  bytea;
 BEGIN
     PERFORM pyaccess._check_masters($2);
+    PERFORM pyaccess._check_group_id($1);
     FOR attempt IN 1..3 LOOP  -- the envelope's version can change between two reads (a rotation)
         SELECT o.version, o.secret INTO v_found, v_secret
           FROM pyaccess._open($1, pyaccess._ring(v_version, $2, $1), v_version) AS o;
@@ -151,6 +163,11 @@ BEGIN
     END IF;
     SELECT pg_catalog.array_agg(pyaccess._key_id(k) ORDER BY n) INTO v_ids
       FROM pg_catalog.unnest($1) WITH ORDINALITY AS r(k, n);
+    SELECT t.group_id INTO v_missing FROM pyaccess.rewrap_todo(v_ids[1], $2, $3) AS t WHERE t.version = 0 LIMIT 1;
+    IF v_missing IS NOT NULL THEN
+        PERFORM pyaccess._fail('rotate', 'PA006', v_missing, NULL, pg_catalog.format(
+            'the provision secret of OTA group %s is malformed or of an unknown format', v_missing));
+    END IF;
     SELECT t.group_id, t.key_id INTO v_missing, v_key_id
       FROM pyaccess.rewrap_todo(v_ids[1], $2, $3) AS t
      WHERE t.key_id <> ALL (v_ids)

@@ -69,6 +69,7 @@ SELECT pyaccess._declare('pyaccess._assert_api()', '');
 CREATE OR REPLACE FUNCTION pyaccess.api_drift()
 RETURNS TABLE (signature text, problem text)
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     SELECT a.signature, 'missing'
       FROM pyaccess.api AS a
@@ -82,7 +83,7 @@ BEGIN ATOMIC
       FROM pyaccess.api AS a, pyaccess._fingerprint(pg_catalog.to_regprocedure(a.signature)) AS f
      WHERE (f.definition, f.owner, f.acl) IS DISTINCT FROM (a.definition, a.owner, a.acl)
     UNION ALL
-    SELECT pg_catalog.format('%I.%I(%s)', n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid)),
+    SELECT p.oid::pg_catalog.regprocedure::text,
            pg_catalog.format('not part of pyaccess %s (owned by %s): a planted overload?', pyaccess.release(),
                              p.proowner::regrole)
       FROM pg_catalog.pg_proc AS p JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
