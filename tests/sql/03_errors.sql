@@ -344,9 +344,7 @@ SELECT throws_ok(
                                           ARRAY[decode(repeat('ab', 32), 'hex')]) $$,
     'PA003', NULL, 'get_provision_secret(uuid, bytea[]) for an unknown group raises PA003'
 );
--- TODO until 50_contract.sql is fixed: the pair derived for a NULL group id is NULL, so the
--- ring is NULL and the call is refused as a bad key (PA001); 0.1.0 said PA003.
-SELECT todo('a NULL group id is refused with PA001 (bad key) instead of PA003 (no such group)', 2);
+-- A NULL group id: no group has it (PA003), whatever key comes with it (as in 0.1.0).
 SELECT throws_ok(
     $$ SELECT public.get_provision_secret(NULL::uuid, decode(repeat('ab', 32), 'hex')) $$,
     'PA003', NULL, 'get_provision_secret for a NULL group id raises PA003 (no such group; the key is fine)'
