@@ -18,6 +18,8 @@ import pyaccess
 from pyaccess.errors import InvalidSecretError, PyAccessError, from_psycopg
 from pyaccess.keyfile import utf8_or_none, write_new_key_file
 from pyaccess.migrate import apply_migrations
+from pyaccess.provision import store_with_ring
+from pyaccess.redacted import Plaintext
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -119,6 +121,7 @@ def _read_secret() -> str:
         return str(click.prompt("Provision secret", hide_input=True, err=True))
     raw = sys.stdin.buffer.read(64 * 1024) if sys.stdin is not None else b""
     text = utf8_or_none(raw)
+    del raw  # not UTF-8: the error below must not find the bytes in this frame
     if text is None:
         raise InvalidSecretError("standard input is not UTF-8 text")
     if text.endswith("\r\n"):
@@ -132,9 +135,10 @@ def _read_secret() -> str:
 @key_file_option
 def store(group_id: str, dsn: str, key_file: str | None) -> None:
     """Store the secret read from standard input (one trailing newline dropped) for GROUP_ID."""
-    secret = _read_secret()
+    # Wrapped at once: no frame of this command holds the secret when a later step fails.
+    plaintext = Plaintext.wrap(_read_secret())
     with _connect(dsn) as conn:
-        pyaccess.store_provision_secret(conn, group_id, secret, key_file=key_file)
+        store_with_ring(conn, group_id, plaintext, pyaccess.load_key_ring(key_file))
     click.echo(f"stored the provision secret of OTA group {group_id}", err=True)
 
 
