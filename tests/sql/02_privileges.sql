@@ -111,9 +111,8 @@ SELECT throws_ok(
     '42501', NULL, 'a writer may not read a secret with get_provision_secret(uuid, bytea[])'
 );
 SELECT throws_ok(
-    $$ SELECT * FROM pyaccess._open('ffffffff-ffff-ffff-ffff-000000000201',
-                                    pg_temp.wire('ffffffff-ffff-ffff-ffff-000000000201', 'K1'), 2) $$,
-    '42501', NULL, 'a writer may not call the reader''s helper pyaccess._open'
+    $$ SELECT pyaccess._plaintext('\x00'::bytea, '\x00'::bytea) $$,
+    '42501', NULL, 'a writer may not call the reader''s helper pyaccess._plaintext'
 );
 SELECT throws_ok($$ SELECT provision_secret_ciphertext FROM public.ota_groups $$, '42501', NULL,
                  'a writer may not SELECT the ciphertext');
