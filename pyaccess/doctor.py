@@ -127,19 +127,41 @@ def _census(conn: Conn, path: KeyFilePath) -> Check:
 
 
 def _log_exposure(conn: Conn) -> Check:
-    exposure = _one(conn, queries.LOG_EXPOSURE) or []
+    """Each path that could write bound values to the server log: ok where the session guard can pin its
+    switch; a warning where it is off but this role may not pin it (a reload could turn it on); FAIL where
+    it logs values now and this role may not turn it off (the guard refuses with PA007)."""
+    fails: list[str] = []
+    warnings: list[str] = []
+    oks: list[str] = []
+    ungranted: list[str] = []
+    for path, setting, safe_value, logs_values, can_pin, detail in psycopg.Cursor(conn).execute(queries.LOG_EXPOSURE):
+        if can_pin:
+            oks.append(
+                f"{path} ({detail}; pyaccess sets {setting} = {safe_value} per session)" if logs_values else path
+            )
+            continue
+        ungranted.append(setting)
+        if logs_values:
+            fails.append(f"{path}: FAIL, logs bound values ({detail}) and this role may not SET {setting}")
+        else:
+            warnings.append(
+                f"{path}: warning, off ({detail}) but this role may not SET {setting}: a reload could turn it on"
+            )
     try:
         with conn.transaction():  # a savepoint in _checked's transaction: the guard's SETs are undone
             psycopg.Cursor(conn).execute(queries.GUARD)
     except psycopg.errors.InsufficientPrivilege:
         raise
     except psycopg.Error as exc:
-        return Check("server log", "FAIL", str(from_psycopg(exc)))
-    if exposure:
-        return Check(
-            "server log", "ok", f"server logs parameters ({', '.join(exposure)}); pyaccess turns that off per session"
+        fails.append(f"the guard refuses: {from_psycopg(exc)}")
+    findings = fails + warnings + ([f"ok: {', '.join(oks)}"] if oks else [])
+    if ungranted:
+        findings.append(
+            f"GRANT SET ON PARAMETER {', '.join(sorted(set(ungranted)))}"
+            " TO provision_secret_reader, provision_secret_writer, provision_secret_rotator"
         )
-    return Check("server log", "ok", "bound parameters are not logged")
+    status: Status = "FAIL" if fails else "warning" if warnings else "ok"
+    return Check("server log", status, "; ".join(findings))
 
 
 def _transport(conn: Conn) -> Check:

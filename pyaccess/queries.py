@@ -27,7 +27,9 @@ REWRAP: Final[LiteralString] = (
     "SELECT group_id, old_key_id, old_version FROM pyaccess.rewrap("
     "%s::pg_catalog.uuid[], %b::pg_catalog.bytea[], %b::pg_catalog.bytea[], %b::pg_catalog.bytea)"
 )
-LOG_EXPOSURE: Final[LiteralString] = "SELECT pyaccess.log_exposure()"
+LOG_EXPOSURE: Final[LiteralString] = (
+    "SELECT path, setting, safe_value, logs_values, can_pin, detail FROM pyaccess.log_exposure()"
+)
 
 # Used by `pyaccess demo` only: an OTA group is the management API's to create.
 DEMO_CREATE_GROUP: Final[LiteralString] = "INSERT INTO public.ota_groups (name) VALUES (%s) RETURNING id"
