@@ -34,6 +34,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from pyaccess.cluster import LocalCluster, free_port, throwaway_cluster
 from pyaccess.migrate import apply_migrations
@@ -101,9 +102,10 @@ class Canaries:
         return found
 
 
-def canary_text(label: str) -> str:
-    """A secret no log would hold by chance."""
-    return f"canary-{label}-{os.urandom(12).hex()}"
+def canary_text() -> str:
+    """A secret no log would hold by chance: random through and through, so that no slice of it (a window of
+    found_in) matches another canary or a log's own text."""
+    return os.urandom(20).hex()
 
 
 # =========================================================================== envelope v2 keys (the plan's derivation)
@@ -158,8 +160,7 @@ class PgServer:
         self.log = ServerLog(self.cluster.logfile)
 
     def dsn(self, user: str = "postgres", **params: str) -> str:
-        extra = "".join(f" {k}={v}" for k, v in params.items())
-        return self.cluster.dsn(DBNAME, user) + extra
+        return make_conninfo(self.cluster.dsn(DBNAME, user), **params)
 
     def connect(self, user: str = "postgres", *, autocommit: bool = True, **params: str) -> Conn:
         return psycopg.connect(self.dsn(user, **params), autocommit=autocommit)
@@ -255,12 +256,17 @@ def wait_for_replay(primary: PgServer, standby: PgServer) -> None:
         time.sleep(0.02)
 
 
+# Both log every statement and, with an error or any message raised during a call, its parameters: what
+# a guarded session sends must stay out of the log even so (and out of the audit records).
+HOSTILE_LOGGING = {"log_statement": "all", "log_parameter_max_length_on_error": "-1"}
+
+
 @pytest.fixture(scope="module")
 def replicated_servers() -> Iterator[tuple[PgServer, PgServer]]:
-    """A migrated primary (no extension preloaded) and a hot standby of it."""
-    with throwaway_cluster() as cluster:
+    """A migrated primary (no extension preloaded) and a hot standby of it, both with HOSTILE_LOGGING."""
+    with throwaway_cluster(HOSTILE_LOGGING) as cluster:
         primary = _set_up(cluster)
-        standby = start_standby(cluster)
+        standby = start_standby(cluster, HOSTILE_LOGGING)
         try:
             yield primary, PgServer(standby)
         finally:

@@ -132,7 +132,7 @@ def exercise(server: PgServer, conn: Conn, *, service: str, literal: bool = Fals
     """The calls every case makes on ``conn``; returns their canaries. ``service``: what pyaccess.seal and
     pyaccess.open do on this session, 'work' (guarded) or 'refuse' (PA007)."""
     group, missing = server.new_group(), uuid.uuid4()
-    secret, service_secret, text_value = canary_text("secret"), canary_text("service"), canary_text("text")
+    secret, service_secret, text_value = canary_text(), canary_text(), canary_text()
     bound, inserted, wrong = os.urandom(32), os.urandom(32), os.urandom(32)
     canaries = key_canaries(MASTER, group) + Canaries((
         ("the contract's secret", secret.encode()), ("the service's secret", service_secret.encode()),
@@ -243,7 +243,7 @@ def test_discard_or_reset_all__unguards_the_session__a_pipelined_guard_in_front_
         assert key_canaries(MASTER, group).found_in(leaky.log.since(mark))
 
         group = leaky.new_group()
-        secret = canary_text("pipelined")
+        secret = canary_text()
         canaries = key_canaries(MASTER, group) + Canaries((("secret", secret.encode()),))
         mark = leaky.log.mark()
         with conn.pipeline():
@@ -288,7 +288,7 @@ def test_role_without_set_on_the_switch__guard_raises_pa007_naming_it__and_the_p
     leaky: PgServer, path: LogPath
 ) -> None:
     group = leaky.new_group()
-    secret = canary_text("refused")
+    secret = canary_text()
     canaries = key_canaries(MASTER, group) + Canaries((("secret", secret.encode()),))
     with set_revoked(leaky, path.switch), leaky.system(path.settings):
         assert_control_leaks(leaky, path)
