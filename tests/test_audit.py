@@ -5,7 +5,9 @@ The servers log every statement and, with any message raised during a call, its 
 (``tests.fix_clusters.HOSTILE_LOGGING``): the sessions here are guarded, as the library's are, so
 neither the records nor anything else in the log may hold a value they sent.
 
-Checked against 0.1.0's guard: <filled in below>
+Audit records are new in 0.2.0: against 0.1.0's SQL every test here fails (no record at all). Against
+0.2.0 with 0.1.0's guard they pass: that guard already pinned log_parameter_max_length_on_error, the
+setting that puts a call's parameters into the CONTEXT of its audit records.
 """
 
 from __future__ import annotations
