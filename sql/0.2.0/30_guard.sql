@@ -227,20 +227,21 @@ END;
 SELECT pyaccess._declare('public.provision_secret_session_guard()', 'provision_secret_reader,provision_secret_writer');
 
 -- =====================================================================
--- GRANT SET on the superuser-only switches
+-- GRANT SET on the switches
 --
--- The grant is cluster-wide and needs a superuser; PostgreSQL 15 accepts it for an
--- extension's setting before the extension is loaded, so a later shared_preload_libraries
--- of auto_explain or pgaudit finds the roles ready. Without a superuser: a NOTICE with the
--- exact statement, for the DBA.
+-- The superuser-only switches need it. The others are granted too, so that
+-- has_parameter_privilege(), which sees only explicit grants, tells a DBA the truth about
+-- every switch. The grant is cluster-wide and needs a superuser; PostgreSQL 15 accepts it
+-- for an extension's setting before the extension is loaded, so a later
+-- shared_preload_libraries of auto_explain or pgaudit finds the roles ready. Without a
+-- superuser: a NOTICE with the exact statement, for the DBA.
 -- =====================================================================
 
 DO $$
 DECLARE
     v_grant text := pg_catalog.format(
         'GRANT SET ON PARAMETER %s TO provision_secret_reader, provision_secret_writer, provision_secret_rotator',
-        (SELECT pg_catalog.string_agg(s.setting, ', ' ORDER BY s.setting)
-           FROM pyaccess._log_switches() AS s WHERE s.needs_grant));
+        (SELECT pg_catalog.string_agg(s.setting, ', ' ORDER BY s.setting) FROM pyaccess._log_switches() AS s));
 BEGIN
     IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
         BEGIN
