@@ -133,6 +133,14 @@ SELECT pyaccess._declare('pyaccess.log_exposure()', 'provision_secret_reader,pro
 -- The guard
 -- =====================================================================
 
+-- What a guarded session records: when the configuration was last loaded (an epoch, so that
+-- a TimeZone change does not alter it). A reload, DISCARD ALL or RESET ALL makes it differ.
+CREATE OR REPLACE FUNCTION pyaccess._guard_token()
+RETURNS text
+LANGUAGE sql STABLE PARALLEL RESTRICTED
+RETURN pg_catalog.extract('epoch', pg_catalog.pg_conf_load_time())::text;
+SELECT pyaccess._declare('pyaccess._guard_token()', 'provision_secret_reader,provision_secret_writer,provision_secret_rotator');
+
 -- Pins every switch this role may set, whatever its value now; raises PA007 naming each
 -- path that logs values now and whose switch this role may not set; then marks the session
 -- guarded as of the configuration it has now. Runs inside the caller's transaction: if that
@@ -162,8 +170,7 @@ BEGIN
                                      'provision_secret_reader, provision_secret_writer, provision_secret_rotator; '
                                      'or turns these off for this role', v_settings);
     END IF;
-    PERFORM pg_catalog.set_config('pyaccess.guarded',
-                                  pg_catalog.extract('epoch', pg_catalog.pg_conf_load_time())::text, false);
+    PERFORM pg_catalog.set_config('pyaccess.guarded', pyaccess._guard_token(), false);
 END
 $$;
 SELECT pyaccess._declare('pyaccess.guard_session()', 'provision_secret_reader,provision_secret_writer,provision_secret_rotator');
@@ -174,8 +181,7 @@ SELECT pyaccess._declare('pyaccess.guard_session()', 'provision_secret_reader,pr
 CREATE OR REPLACE FUNCTION pyaccess._guarded()
 RETURNS boolean
 LANGUAGE sql STABLE PARALLEL RESTRICTED
-RETURN COALESCE(pg_catalog.current_setting('pyaccess.guarded', true)
-                = pg_catalog.extract('epoch', pg_catalog.pg_conf_load_time())::text, false);
+RETURN COALESCE(pg_catalog.current_setting('pyaccess.guarded', true) = pyaccess._guard_token(), false);
 SELECT pyaccess._declare('pyaccess._guarded()', 'provision_secret_reader,provision_secret_writer,provision_secret_rotator');
 
 -- Raises PA007 for a call on a session that is not (or no longer) guarded.

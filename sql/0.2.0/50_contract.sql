@@ -93,7 +93,7 @@ BEGIN
     PERFORM pyaccess._check_group_id($1);
     -- This call's values reached the server already: the service's session guard has nothing
     -- left to protect here. Marked for this function only (its SET clause restores it on exit).
-    PERFORM pg_catalog.set_config('pyaccess.guarded', pg_catalog.pg_conf_load_time()::text, true);
+    PERFORM pg_catalog.set_config('pyaccess.guarded', pyaccess._guard_token(), true);
     FOR attempt IN 1..3 LOOP  -- the envelope's version can change between two reads (a rotation)
         SELECT o.version, o.secret INTO v_found, v_secret
           FROM pyaccess.open($1, pyaccess._ring(v_version, $2, $1), v_version) AS o;
