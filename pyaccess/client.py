@@ -11,9 +11,12 @@ guarded once, when it is created::
 
 A pool that resets sessions should use the client's own hook, ``reset=secrets.reset``
 (``DISCARD ALL``, then the guard again), so that every connection it hands out is
-guarded. Any other ``DISCARD ALL`` or ``RESET ALL`` removes the guard: the server then
-refuses the next call on that connection (PA007) before it opens anything, and the client
-guards the connection again and retries that call once.
+guarded. With any other ``reset`` hook the client cannot vouch for a connection it
+borrows, so it sends the guard in the same pipeline in front of every call (one round
+trip still, a little more CPU). Whatever else removes the guard (a ``DISCARD ALL`` or
+``RESET ALL`` of your own, a configuration reload) the server notices: it refuses the
+call (PA007) before it opens anything, and the client guards the connection again and
+retries that call once.
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ class _Base:
     def __init__(self, *, key_file: KeyFilePath = None, guard: GuardMode | str = GuardMode.ONCE) -> None:
         self.key_file: Path = resolve_key_file(key_file)
         self.guard = GuardMode(guard)
+
+    def _pooled_mode(self, pool: Any) -> GuardMode:
+        """ONCE only where the pool keeps sessions as they are, or resets them with our hook."""
+        reset = getattr(pool, "_reset", False)  # psycopg_pool keeps the reset hook there
+        if self.guard is GuardMode.ONCE and reset is not None and reset != getattr(self, "reset", None):
+            return GuardMode.EVERY_CALL
+        return self.guard
 
     def __repr__(self) -> str:
         pool = getattr(self, "pool", None)
@@ -99,7 +109,7 @@ class ProvisionSecrets(_Base):
         for attempt in (1, 2):
             with self._pool().connection() as pooled:
                 try:
-                    provision.store_with_ring(pooled, group_id, plaintext, ring, self.guard)
+                    provision.store_with_ring(pooled, group_id, plaintext, ring, self._pooled_mode(self.pool))
                     return
                 except ParameterLoggingError:
                     if attempt == 2:
@@ -113,7 +123,7 @@ class ProvisionSecrets(_Base):
         for attempt in (1, 2):
             with self._pool().connection() as pooled:
                 try:
-                    return provision.get_with_ring(pooled, group_id, ring, self.guard)
+                    return provision.get_with_ring(pooled, group_id, ring, self._pooled_mode(self.pool))
                 except ParameterLoggingError:
                     if attempt == 2:
                         raise
@@ -169,7 +179,7 @@ class AsyncProvisionSecrets(_Base):
         for attempt in (1, 2):
             async with self._pool().connection() as pooled:
                 try:
-                    await aio.store_with_ring(pooled, group_id, plaintext, ring, self.guard)
+                    await aio.store_with_ring(pooled, group_id, plaintext, ring, self._pooled_mode(self.pool))
                     return
                 except ParameterLoggingError:
                     if attempt == 2:
@@ -183,7 +193,7 @@ class AsyncProvisionSecrets(_Base):
         for attempt in (1, 2):
             async with self._pool().connection() as pooled:
                 try:
-                    return await aio.get_with_ring(pooled, group_id, ring, self.guard)
+                    return await aio.get_with_ring(pooled, group_id, ring, self._pooled_mode(self.pool))
                 except ParameterLoggingError:
                     if attempt == 2:
                         raise

@@ -13,11 +13,9 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -32,10 +30,11 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 import pyaccess
-from pyaccess.cluster import LocalCluster, find_bindir, free_port, throwaway_cluster
+from pyaccess.cluster import find_bindir, throwaway_cluster
 from pyaccess.keyfile import load_key_ring
 from pyaccess.migrate import apply_migrations
 from pyaccess.rotation import key_census, rotate
+from tests.fix_clusters import start_standby
 from tests.fix_db import Server, new_group, register_key, user_dsn
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -604,28 +603,6 @@ def test_connection_dropped_mid_call__raises_database_error_never_a_value(db: st
 # --- replicas ------------------------------------------------------------------------------
 
 
-def _start_standby(primary: LocalCluster, settings: dict[str, str]) -> LocalCluster:
-    """A hot standby of ``primary`` streaming from it: ``pg_basebackup -R`` into a new datadir, then started."""
-    datadir = Path(tempfile.mkdtemp(prefix="pyaccess-standby-"))
-    command = [
-        str(primary.bindir / "pg_basebackup"),
-        *("-R", "-X", "stream", "-c", "fast", "-D", str(datadir / "data")),
-        *("-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres"),
-    ]
-    if os.geteuid() == 0:
-        shutil.chown(datadir, "postgres", "postgres")
-        command = ["runuser", "-u", "postgres", "--", *command]
-    standby = LocalCluster(primary.bindir, datadir, free_port(), {"hot_standby": "on", **settings})
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
-        assert done.returncode == 0, done.stderr
-        standby.start()
-    except BaseException:
-        standby.destroy()
-        raise
-    return standby
-
-
 def _wait_for_replay(primary: Conn, standby: Conn) -> None:
     row = primary.execute("SELECT pg_current_wal_lsn()::text").fetchone()
     assert row is not None
@@ -652,7 +629,7 @@ def test_streaming_replica__get_works_and_store_raises_read_only(
             groups = _groups(conn, 10, "replica")
             expected = _store_initial(conn, groups[:5], key_file, writer=0)
         # The standby logs bound parameters with errors: only the session guard keeps the key out of its log.
-        standby = _start_standby(primary, {"log_parameter_max_length_on_error": "-1"})
+        standby = start_standby(primary, {"log_parameter_max_length_on_error": "-1"})
         try:
             with psycopg.connect(primary.dsn(), autocommit=True) as conn:
                 # Streamed after the base backup, not copied by it.

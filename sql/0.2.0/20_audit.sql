@@ -19,7 +19,7 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RAISE LOG USING MESSAGE = 'pyaccess-audit ' || pg_catalog.json_strip_nulls(pg_catalog.json_build_object(
+    RAISE LOG USING MESSAGE = 'pyaccess-audit ' || pg_catalog.json_build_object(
         'event', p_event,
         'outcome', p_outcome,
         'group_id', p_group_id,
@@ -29,7 +29,7 @@ BEGIN
         'application_name', pg_catalog.current_setting('application_name'),
         'client_addr', pg_catalog.inet_client_addr(),
         'pid', pg_catalog.pg_backend_pid(),
-        'at', pg_catalog.clock_timestamp()))::text;
+        'at', pg_catalog.clock_timestamp())::text;
 END
 $$;
 SELECT pyaccess._declare('pyaccess._audit(text,text,uuid,bytea,text)', 'provision_secret_reader');
