@@ -15,7 +15,7 @@ from yoyo import read_migrations
 from yoyo.backends import DatabaseBackend
 from yoyo.connections import DatabaseURI, get_backend_class
 
-__all__ = ["MIGRATION_TABLE", "apply_migrations", "migrations_dir", "pending_migrations", "rollback_migrations"]
+__all__ = ["MIGRATION_TABLE", "apply_migrations", "migrations_dir"]
 
 MIGRATION_TABLE = "_yoyo_migration"
 
@@ -56,15 +56,6 @@ def _preflight(backend: DatabaseBackend, todo: Any) -> None:
                 check(connection)
 
 
-def pending_migrations(dsn: str) -> list[str]:
-    """The ids of the migrations not yet applied."""
-    backend = _backend(dsn)
-    try:
-        return [m.id for m in backend.to_apply(read_migrations(str(migrations_dir())))]
-    finally:
-        backend.connection.close()
-
-
 def apply_migrations(dsn: str, lock_timeout: float = 60.0) -> list[str]:
     """Apply every pending migration; return their ids (empty when already current).
 
@@ -83,17 +74,3 @@ def apply_migrations(dsn: str, lock_timeout: float = 60.0) -> list[str]:
     for migration_id in applied:
         logger.info("applied migration %s", migration_id)
     return applied
-
-
-def rollback_migrations(dsn: str, count: int | None = None, lock_timeout: float = 60.0) -> list[str]:
-    """Roll back the last ``count`` migrations (all when None); return their ids."""
-    backend = _backend(dsn)
-    try:
-        with backend.lock(timeout=lock_timeout):
-            todo = backend.to_rollback(read_migrations(str(migrations_dir())))
-            if count is not None:
-                todo = todo[:count]
-            backend.rollback_migrations(todo)
-        return [m.id for m in todo]
-    finally:
-        backend.connection.close()

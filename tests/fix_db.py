@@ -29,10 +29,11 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from yoyo import get_backend, read_migrations
 
 from pyaccess.cluster import ClusterError, find_bindir, throwaway_cluster
 from pyaccess.keyfile import write_new_key_file
-from pyaccess.migrate import apply_migrations
+from pyaccess.migrate import MIGRATION_TABLE, apply_migrations, migrations_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -270,3 +271,26 @@ def schema_dump(dsn: str) -> list[str]:
         for line in result.stdout.splitlines()
         if line.strip() and not line.startswith("--") and not line.startswith(("\\restrict", "\\unrestrict"))
     ]
+
+
+def pending_migrations(dsn: str) -> list[str]:
+    """The ids of the migrations not yet applied (as yoyo sees them)."""
+    backend = get_backend(yoyo_url(dsn), MIGRATION_TABLE)
+    try:
+        return [m.id for m in backend.to_apply(read_migrations(str(migrations_dir())))]
+    finally:
+        backend.connection.close()
+
+
+def rollback_migrations(dsn: str, count: int | None = None, lock_timeout: float = 60.0) -> list[str]:
+    """Roll back the last ``count`` migrations (all when None) under yoyo's lock, as `yoyo rollback` does."""
+    backend = get_backend(yoyo_url(dsn), MIGRATION_TABLE)
+    try:
+        with backend.lock(timeout=lock_timeout):
+            todo = backend.to_rollback(read_migrations(str(migrations_dir())))
+            if count is not None:
+                todo = todo[:count]
+            backend.rollback_migrations(todo)
+        return [m.id for m in todo]
+    finally:
+        backend.connection.close()

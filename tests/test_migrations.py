@@ -23,8 +23,19 @@ from psycopg import sql
 from yoyo import read_migrations
 
 import pyaccess
-from pyaccess.migrate import apply_migrations, pending_migrations, rollback_migrations
-from tests.fix_db import Server, execute, new_group, query, scalar, schema_dump, user_dsn, yoyo_url
+from pyaccess.migrate import apply_migrations
+from tests.fix_db import (
+    Server,
+    execute,
+    new_group,
+    pending_migrations,
+    query,
+    rollback_migrations,
+    scalar,
+    schema_dump,
+    user_dsn,
+    yoyo_url,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = ROOT / "migrations"

@@ -23,8 +23,8 @@ from yoyo.migrations import MigrationList
 
 import pyaccess
 from pyaccess.cli import main
-from pyaccess.migrate import apply_migrations, migrations_dir, rollback_migrations
-from tests.fix_db import Server, execute, new_group, query, scalar, schema_dump, yoyo_url
+from pyaccess.migrate import apply_migrations, migrations_dir
+from tests.fix_db import Server, execute, new_group, query, rollback_migrations, scalar, schema_dump, yoyo_url
 from tests.fix_release import Release
 
 ROOT = Path(__file__).resolve().parent.parent
