@@ -27,7 +27,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check pyaccess tests bench migrations
 
 typecheck: $(BIN)/.installed
-	$(BIN)/mypy --strict pyaccess
+	$(BIN)/mypy --strict pyaccess tests
 
 # pytest exits 5 when it collected nothing: that is a failure, not a pass.
 pytest: $(BIN)/.installed

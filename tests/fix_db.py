@@ -203,7 +203,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter is not None else []
-    if skipped:
+    if skipped and reporter is not None:
         reporter.write_line(f"CI: {len(skipped)} test(s) skipped; in CI a skipped test is a failure", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -218,7 +218,7 @@ def register_key(conn: psycopg.Connection[Any], key_file: Path | str) -> None:
 
 def query(dsn: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True) as connection:
-        return connection.execute(statement, params).fetchall()  # type: ignore[arg-type]
+        return connection.execute(statement, params).fetchall()
 
 
 def scalar(dsn: str, statement: str, params: tuple[Any, ...] = ()) -> Any:
@@ -230,7 +230,7 @@ def scalar(dsn: str, statement: str, params: tuple[Any, ...] = ()) -> Any:
 def execute(dsn: str, *statements: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as connection:
         for statement in statements:
-            connection.execute(statement)  # type: ignore[arg-type]
+            connection.execute(statement)
 
 
 def conninfo(dsn: str) -> dict[str, str]:

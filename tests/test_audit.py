@@ -66,7 +66,7 @@ class Audited:
 @contextmanager
 def session(server: PgServer, user: str = SERVICE, **params: str) -> Iterator[Conn]:
     """A guarded session, as the library opens one."""
-    with server.connect(user, application_name=APPLICATION, **params) as conn:
+    with server.connect(user, autocommit=True, application_name=APPLICATION, **params) as conn:
         conn.execute("SELECT pyaccess.guard(pyaccess.release())")
         yield conn
 

@@ -108,15 +108,15 @@ def installed_functions(dsn: str) -> set[str]:
     with psycopg.connect(dsn, autocommit=True) as connection:
         # With only pg_catalog on the path, regprocedure names the schema: public.f(uuid,text).
         connection.execute("SET search_path = pg_catalog")
-        return {row[0] for row in connection.execute(INSTALLED_FUNCTIONS)}  # type: ignore[arg-type]
+        return {str(row[0]) for row in connection.execute(INSTALLED_FUNCTIONS)}
 
 
 def table_exists(dsn: str) -> bool:
-    return scalar(dsn, "SELECT pg_catalog.to_regclass('public.ota_groups') IS NOT NULL") is True
+    return bool(scalar(dsn, "SELECT pg_catalog.to_regclass('public.ota_groups') IS NOT NULL"))
 
 
 def column_exists(dsn: str) -> bool:
-    return (
+    return bool(
         scalar(
             dsn,
             "SELECT count(*) FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass('public.ota_groups')"
@@ -168,7 +168,9 @@ _ARG_MODES = {"IN", "OUT", "INOUT", "VARIADIC"}
 
 
 def _split_top_level(text: str) -> list[str]:
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char == "(":
             depth += 1
@@ -380,8 +382,8 @@ def test_migrate__existing_table_with_100k_rows__is_not_rewritten_and_its_rows_a
 ) -> None:
     rows = 100_000
     with psycopg.connect(empty_db, autocommit=True) as connection:
-        connection.execute(PRODUCTION_TABLE)  # type: ignore[arg-type]
-        connection.execute(PRODUCTION_ROWS, (rows,))  # type: ignore[arg-type]
+        connection.execute(PRODUCTION_TABLE)
+        connection.execute(PRODUCTION_ROWS, (rows,))
         connection.execute("ANALYZE public.ota_groups")
     filenode_before = scalar(empty_db, "SELECT pg_catalog.pg_relation_filenode('public.ota_groups')")
     row_hash_before = scalar(empty_db, ROW_HASH_BEFORE)

@@ -45,7 +45,7 @@ def roles(server: Server) -> Iterator[dict[str, str]]:
         for name in names.values():
             with contextlib.suppress(psycopg.Error):
                 for row in admin.execute("SELECT datname FROM pg_database WHERE datallowconn").fetchall():
-                    with psycopg.connect(server.dsn(row[0]), autocommit=True) as db:
+                    with psycopg.connect(server.dsn(str(row[0])), autocommit=True) as db:
                         db.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(name)))
             with contextlib.suppress(psycopg.Error):
                 admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))

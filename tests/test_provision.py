@@ -86,11 +86,12 @@ def test_group_and_secret__are_created_in_one_transaction(conn: Conn, key_file: 
     with conn.transaction():
         row = conn.execute("INSERT INTO ota_groups (name) VALUES ('atomic') RETURNING id").fetchone()
         assert row is not None
-        pyaccess.store_provision_secret(conn, row[0], "atomic secret", key_file=key_file)
+        assert isinstance(group_id := row[0], uuid.UUID)
+        pyaccess.store_provision_secret(conn, group_id, "atomic secret", key_file=key_file)
         with psycopg.connect(db) as other:  # nothing visible before the commit
             assert other.execute("SELECT count(*) FROM ota_groups WHERE name = 'atomic'").fetchone() == (0,)
     with psycopg.connect(db) as other:
-        assert pyaccess.get_provision_secret(other, row[0], key_file=key_file) == "atomic secret"
+        assert pyaccess.get_provision_secret(other, group_id, key_file=key_file) == "atomic secret"
 
 
 def test_api__never_commits(conn: Conn, group: uuid.UUID, key_file: Path, db: str) -> None:

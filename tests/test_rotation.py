@@ -164,7 +164,7 @@ def test_rotate__concurrent_stores_and_gets__see_no_error_and_lose_no_write(
     _populate(conn, key_file, 2000)
     ring = _ring(tmp_path, other_key_file, key_file)
     register_key(conn, ring)  # the runbook: the new key is registered before pods pick it up
-    ids = [row[0] for row in conn.execute("SELECT id FROM ota_groups ORDER BY id").fetchall()]
+    ids = [uuid.UUID(str(row[0])) for row in conn.execute("SELECT id FROM ota_groups ORDER BY id").fetchall()]
     conn.commit()
     errors: list[BaseException] = []
     last_written: dict[uuid.UUID, str] = {}

@@ -910,7 +910,7 @@ def exercise_every_function(
     with raises_clean(pyaccess.KeyNotActiveError, canaries):  # a wrong key file: a key never registered
         pyaccess.store_provision_secret(attacker, g_empty, canary("unknown"), key_file=unknown_key_file)
     empty_pair = pyaccess.Key(material).pair(2, g_empty)
-    refusals = {
+    refusals: dict[str, list[tuple[str, tuple[Any, ...]]]] = {
         "PA001": [
             ("SELECT public.get_provision_secret(%s, %b)", (g_auto, material[:31])),
             ("SELECT * FROM pyaccess.open(%s, %b, 2)", (g_auto, (key_id + pair)[:71])),

@@ -111,7 +111,7 @@ def test_migration_chain__equals_the_declared_source_of_this_release(server: Ser
         ).fetchone()
         assert schema is not None
         for path in sorted((ROOT / "sql" / "0.2.0").glob("*.sql")):
-            conn.execute(path.read_text(encoding="utf-8").replace("@extschema@", schema[0]))  # type: ignore[arg-type]
+            conn.execute(path.read_text(encoding="utf-8").replace("@extschema@", schema[0]))
     declared = [line for line in schema_dump(empty_db) if "_yoyo" not in line]
     chain = [line for line in schema_dump(_fresh_install(server)) if "_yoyo" not in line]
     assert declared == chain
