@@ -86,7 +86,8 @@ def test_group_and_secret__are_created_in_one_transaction(conn: Conn, key_file: 
     with conn.transaction():
         row = conn.execute("INSERT INTO ota_groups (name) VALUES ('atomic') RETURNING id").fetchone()
         assert row is not None
-        assert isinstance(group_id := row[0], uuid.UUID)
+        group_id = row[0]
+        assert isinstance(group_id, uuid.UUID)
         pyaccess.store_provision_secret(conn, group_id, "atomic secret", key_file=key_file)
         with psycopg.connect(db) as other:  # nothing visible before the commit
             assert other.execute("SELECT count(*) FROM ota_groups WHERE name = 'atomic'").fetchone() == (0,)
