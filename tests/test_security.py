@@ -368,7 +368,6 @@ DIRECT_ACCESS = (
     "DELETE FROM pyaccess.api",
     "CREATE FUNCTION pyaccess.planted() RETURNS integer LANGUAGE sql RETURN 1",
     "CREATE TABLE pyaccess.planted (x integer)",
-    "SELECT pyaccess._seal(gen_random_uuid(), '\\x00'::bytea, '\\x00'::bytea)",
     "SELECT * FROM pyaccess._rewrap('{}'::uuid[], '{}'::bytea[], '{}'::bytea[], '\\x00'::bytea)",
     "SELECT pyaccess._admit_key('\\x00'::bytea, gen_random_uuid())",
     "SELECT pyaccess._pair(2, '\\x00'::bytea, gen_random_uuid())",

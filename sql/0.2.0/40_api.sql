@@ -141,12 +141,12 @@ END
 $$;
 SELECT pyaccess._declare('pyaccess._admit_key(bytea,uuid)', '');
 
--- Seals p_secret (UTF-8 bytes) for OTA group p_group_id under the one key of p_keys (its id,
--- then its v2 pair for this group) with a fresh IV, and stores it. Runs as the caller of a
--- SECURITY DEFINER entry point: as provision_secret_owner.
-CREATE OR REPLACE FUNCTION pyaccess._seal(p_group_id uuid, p_secret bytea, p_keys bytea)
+-- The service's store: seals p_secret (UTF-8 bytes) for OTA group p_group_id under the one
+-- key of p_keys (its id, then its v2 pair for this group) with a fresh IV, and stores it, on a
+-- guarded session. Errors: PA001 PA002 PA003 PA007 PA008.
+CREATE OR REPLACE FUNCTION pyaccess.seal(p_group_id uuid, p_secret bytea, p_keys bytea)
 RETURNS void
-LANGUAGE plpgsql VOLATILE
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -155,6 +155,9 @@ DECLARE
     v_iv     bytea := pyaccess._random_iv();
     v_body   bytea;
 BEGIN
+    IF NOT pyaccess._guarded() THEN
+        PERFORM pyaccess._refuse_unguarded();
+    END IF;
     IF p_keys IS NULL OR pg_catalog.octet_length(p_keys) <> 72 THEN
         PERFORM pyaccess._fail('write', 'PA001', p_group_id, NULL,
             'give exactly one key: its 8-byte key id, then its 64-byte pair for this group');
@@ -175,21 +178,6 @@ BEGIN
         PERFORM pyaccess._fail('write', 'PA003', p_group_id, v_key_id, pg_catalog.format('no OTA group with id %s', p_group_id));
     END IF;
     PERFORM pyaccess._audit('write', 'ok', p_group_id, v_key_id);
-END
-$$;
-SELECT pyaccess._declare('pyaccess._seal(uuid,bytea,bytea)', '');
-
--- The service's store: pyaccess._seal on a guarded session. Errors: PA001 PA002 PA003 PA007 PA008.
-CREATE OR REPLACE FUNCTION pyaccess.seal(p_group_id uuid, p_secret bytea, p_keys bytea)
-RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF NOT pyaccess._guarded() THEN
-        PERFORM pyaccess._refuse_unguarded();
-    END IF;
-    PERFORM pyaccess._seal(p_group_id, p_secret, p_keys);
 END
 $$;
 SELECT pyaccess._declare('pyaccess.seal(uuid,bytea,bytea)', 'provision_secret_writer');

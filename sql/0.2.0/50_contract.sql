@@ -71,7 +71,9 @@ AS $$
 BEGIN
     PERFORM pyaccess._check_masters(ARRAY[$3]);
     PERFORM pyaccess._check_group_id($1);
-    PERFORM pyaccess._seal($1, pg_catalog.convert_to($2, 'UTF8'), pyaccess._ring(2, ARRAY[$3], $1));
+    -- This call's values reached the server already (see get_provision_secret below).
+    PERFORM pg_catalog.set_config('pyaccess.guarded', pyaccess._guard_token(), true);
+    PERFORM pyaccess.seal($1, pg_catalog.convert_to($2, 'UTF8'), pyaccess._ring(2, ARRAY[$3], $1));
 END
 $$;
 SELECT pyaccess._declare('public.store_provision_secret(uuid,text,bytea)', 'provision_secret_writer');

@@ -121,9 +121,8 @@ SELECT throws_ok($$ SELECT id FROM public.ota_groups $$, '42501', NULL,
 SELECT throws_ok($$ UPDATE public.ota_groups SET provision_secret_ciphertext = NULL $$, '42501', NULL,
                  'a writer may not UPDATE the ciphertext directly (only through seal or store)');
 SELECT throws_ok(
-    $$ SELECT pyaccess._seal('ffffffff-ffff-ffff-ffff-000000000201', '\x73'::bytea,
-                             pg_temp.wire('ffffffff-ffff-ffff-ffff-000000000201', 'K1')) $$,
-    '42501', NULL, 'a writer may not call pyaccess._seal (which skips the guard)'
+    $$ SELECT pyaccess._admit_key('\x0102030405060708'::bytea, 'ffffffff-ffff-ffff-ffff-000000000201') $$,
+    '42501', NULL, 'a writer may not call pyaccess._admit_key (which registers a key id)'
 );
 SELECT throws_ok($$ SELECT pyaccess._pair(2, pg_temp.k('K1'), 'ffffffff-ffff-ffff-ffff-000000000201') $$, '42501', NULL,
                  'a writer may not call the private helper pyaccess._pair');
