@@ -6,6 +6,7 @@ a secret. The psycopg error stays reachable as ``__cause__``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from os import PathLike
@@ -46,12 +47,28 @@ class InvalidKeyError(PyAccessError):
     sqlstate = "PA001"
 
 
+# A run of hex digits as long as a salt, an IV or a key: never a part of a sane file name.
+_KEY_LIKE_RUN: Final = re.compile(r"[0-9A-Fa-f]{16,}")
+
+
+def redact_key_file_name(path: str | PathLike[str]) -> str:
+    """``path`` as text, with every run of 16 or more hex digits replaced: a key given by mistake
+    as the file name (``PYACCESS_KEY_FILE=<the key>``, or openssl's output pasted) is never shown."""
+    return _KEY_LIKE_RUN.sub("<redacted>", str(path))
+
+
 class KeyFileError(InvalidKeyError):
-    """The key file is missing, unreadable or malformed; the message names the file and why."""
+    """The key file is missing, unreadable or malformed; the message names the file and why.
+
+    A file name that looks like key material is shown redacted, with a hint.
+    """
 
     def __init__(self, path: str | PathLike[str], reason: str) -> None:
-        super().__init__(f"key file {str(path)!r}: {reason}")
-        self.path = str(path)
+        shown = redact_key_file_name(path)
+        if shown != str(path):
+            reason = f"{reason} (the name looks like key material, shown redacted: give the file's path, not the key)"
+        super().__init__(f"key file {shown!r}: {reason}")
+        self.path = shown
         self.reason = reason
 
 
