@@ -17,13 +17,18 @@ import subprocess
 import tempfile
 import threading
 import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+import sentry_sdk
+import sentry_sdk.envelope
+import sentry_sdk.transport
 
 import pyaccess
-from pyaccess import InvalidKeyError, KeyFileError, PyAccessError
+from pyaccess import InvalidKeyError, KeyFileError, PyAccessError, keyfile
 from pyaccess.keyfile import (
     DEFAULT_KEY_FILE,
     MAX_FILE_BYTES,
@@ -88,6 +93,14 @@ def test_openssl_output_has_the_expected_shape() -> None:
 KV2_METADATA = (
     "metadata: map[created_time:2023-10-06T00:00:00Z custom_metadata:<nil> deletion_time: destroyed:false version:3]"
 )
+
+KV2_METADATA_JSON = {
+    "created_time": "2023-10-06T00:00:00Z",
+    "custom_metadata": None,
+    "deletion_time": "",
+    "destroyed": False,
+    "version": 3,
+}
 
 # Each case: (content, current key hex, previous keys hex) built from fresh random keys.
 Case = tuple[str, str, list[str]]
@@ -185,6 +198,100 @@ def _kv1_agent_default_upper() -> Case:
     return f"key: {k.upper()}\n", k, []
 
 
+# What the agent really renders (OpenBao 2.7.2 agent, seen in tests/test_vault_agent.py): the injector's
+# json default wraps KV v2 data; Go's fmt prints nil as <nil>, lists as [a b], strings raw (an openssl
+# output keeps its newlines, and a string holding JSON keeps its quotes).
+
+
+def _json_injector_default_kv2() -> Case:
+    k, p = new_hex(), new_hex()
+    return json.dumps({"data": {"key": k, "previous_keys": [p]}, "metadata": KV2_METADATA_JSON}) + "\n", k, [p]
+
+
+def _json_injector_default_kv2_openssl_output() -> Case:
+    output = _openssl_output()
+    return json.dumps({"data": {"key": output}, "metadata": KV2_METADATA_JSON}) + "\n", _openssl_key(output).lower(), []
+
+
+def _json_previous_keys_null() -> Case:
+    k = new_hex()
+    return json.dumps({"key": k, "previous_keys": None}), k, []
+
+
+def _json_previous_keys_string_holding_a_json_list() -> Case:
+    # vault kv patch ... previous_keys='["<hex>","<hex>"]' stores that text as a string
+    k, p1, p2 = new_hex(), new_hex(), new_hex()
+    return json.dumps({"key": k, "previous_keys": json.dumps([p1, p2])}), k, [p1, p2]
+
+
+def _json_previous_keys_string_holding_an_openssl_output_raw() -> Case:
+    # previous_keys='["<openssl output>"]' typed in a shell: real newlines inside the JSON string
+    k, output = new_hex(), _openssl_output()
+    return json.dumps({"key": k, "previous_keys": f'["{output}"]'}), k, [_openssl_key(output).lower()]
+
+
+def _json_previous_keys_string_one_key() -> Case:
+    k, p = new_hex(), new_hex()
+    return json.dumps({"key": k, "previous_keys": f" {p.upper()} "}), k, [p]
+
+
+def _json_previous_keys_empty_string() -> Case:
+    k = new_hex()
+    return json.dumps({"key": k, "previous_keys": ""}), k, []
+
+
+def _kv2_agent_default_previous_keys_nil() -> Case:
+    k = new_hex()
+    return f"data: map[key:{k} previous_keys:<nil>]\n{KV2_METADATA}\n", k, []
+
+
+def _kv2_agent_default_previous_keys_empty() -> Case:
+    k = new_hex()
+    return f"data: map[key:{k} previous_keys:[]]\n{KV2_METADATA}\n", k, []
+
+
+def _kv2_agent_default_previous_keys_string_holding_a_json_list() -> Case:
+    k, p1, p2 = new_hex(), new_hex(), new_hex()
+    return f'data: map[key:{k} previous_keys:["{p1}","{p2}"]]\n{KV2_METADATA}\n', k, [p1, p2]
+
+
+def _kv2_agent_default_previous_keys_string_one_key() -> Case:
+    k, p = new_hex(), new_hex()
+    return f"data: map[key:{k} previous_keys:{p}]\n{KV2_METADATA}\n", k, [p]
+
+
+def _kv2_agent_default_openssl_outputs() -> Case:
+    # the ADR's key, and a previous list holding an openssl output and a hex key
+    current, old, p = _openssl_output(), _openssl_output(), new_hex()
+    content = f"data: map[key:{current} previous_keys:[{old} {p}]]\n{KV2_METADATA}\n"
+    return content, _openssl_key(current).lower(), [_openssl_key(old).lower(), p]
+
+
+def _kv2_agent_default_other_fields() -> Case:
+    k, p = new_hex(), new_hex()
+    return f"data: map[b:true f:1.5 key:{k} note:rotated in May previous_keys:[{p}]]\n{KV2_METADATA}\n", k, [p]
+
+
+def _kv1_agent_default_previous_keys() -> Case:
+    k, p1, p2 = new_hex(), new_hex(), new_hex()
+    return f"key: {k}\nprevious_keys: [{p1} {p2}]\nttl: 2s\n", k, [p1, p2]
+
+
+def _kv1_agent_default_openssl_outputs() -> Case:
+    current, old = _openssl_output(), _openssl_output()
+    return f"key: {current}\nprevious_keys: [{old}]\n", _openssl_key(current).lower(), [_openssl_key(old).lower()]
+
+
+def _kv1_agent_default_previous_keys_string_holding_a_json_list() -> Case:
+    k, p = new_hex(), new_hex()
+    return f'key: {k}\nprevious_keys: ["{p}"]\n', k, [p]
+
+
+def _kv1_agent_default_previous_keys_nil() -> Case:
+    k = new_hex()
+    return f"key: {k}\nprevious_keys: <nil>\n", k, []
+
+
 ACCEPTED: dict[str, Callable[[], Case]] = {
     "json-lower": _json_lower,
     "json-upper": _json_upper,
@@ -204,6 +311,27 @@ ACCEPTED: dict[str, Callable[[], Case]] = {
     "kv2-data-line-only-previous-keys": _kv2_data_line_only_previous_keys,
     "kv1-agent-default": _kv1_agent_default,
     "kv1-agent-default-upper": _kv1_agent_default_upper,
+    "json-injector-default-kv2": _json_injector_default_kv2,
+    "json-injector-default-kv2-openssl-output": _json_injector_default_kv2_openssl_output,
+    "json-previous-keys-null": _json_previous_keys_null,
+    "json-previous-keys-string-holding-a-json-list": _json_previous_keys_string_holding_a_json_list,
+    "json-previous-keys-string-holding-an-openssl-output-raw": _json_previous_keys_string_holding_an_openssl_output_raw,
+    "json-previous-keys-string-one-key": _json_previous_keys_string_one_key,
+    "json-previous-keys-empty-string": _json_previous_keys_empty_string,
+    "kv2-agent-default-previous-keys-nil": _kv2_agent_default_previous_keys_nil,
+    "kv2-agent-default-previous-keys-empty": _kv2_agent_default_previous_keys_empty,
+    "kv2-agent-default-previous-keys-string-holding-a-json-list": (
+        _kv2_agent_default_previous_keys_string_holding_a_json_list
+    ),
+    "kv2-agent-default-previous-keys-string-one-key": _kv2_agent_default_previous_keys_string_one_key,
+    "kv2-agent-default-openssl-outputs": _kv2_agent_default_openssl_outputs,
+    "kv2-agent-default-other-fields": _kv2_agent_default_other_fields,
+    "kv1-agent-default-previous-keys": _kv1_agent_default_previous_keys,
+    "kv1-agent-default-openssl-outputs": _kv1_agent_default_openssl_outputs,
+    "kv1-agent-default-previous-keys-string-holding-a-json-list": (
+        _kv1_agent_default_previous_keys_string_holding_a_json_list
+    ),
+    "kv1-agent-default-previous-keys-nil": _kv1_agent_default_previous_keys_nil,
 }
 
 
@@ -307,7 +435,42 @@ def _problems() -> dict[str, Problem]:
         "openssl-output-without-key-line": _problem(
             json.dumps({"key": f"salt={k[:16]}\niv ={k[:32]}\n"}), [k[:16], k[:32]], "key="
         ),
-        "previous-keys-not-a-list": _problem(json.dumps({"key": k, "previous_keys": p}), [k, p], "previous_keys"),
+        "previous-keys-a-number": _problem(json.dumps({"key": k, "previous_keys": 7}), [k], "previous_keys"),
+        "previous-keys-a-string-of-two-keys": _problem(
+            json.dumps({"key": k, "previous_keys": f"{p},{k}"}), [k, p], "bao kv patch"
+        ),
+        "previous-keys-a-string-not-a-key": _problem(
+            json.dumps({"key": k, "previous_keys": CANARY}), [k, CANARY], "JSON list"
+        ),
+        "previous-keys-a-string-holding-a-bad-json-list": _problem(
+            json.dumps({"key": k, "previous_keys": f'["{p}",]'}), [k, p], "bao kv patch"
+        ),
+        "key-like-value-outside-key-and-previous-keys": _problem(
+            json.dumps({"key": k, "previous_key": [p]}), [k, p], "key-like"
+        ),
+        "injector-json-default-without-key": _problem(
+            json.dumps({"data": {"kee": k}, "metadata": KV2_METADATA_JSON}), [k], "key"
+        ),
+        "injector-json-default-second-key-outside": _problem(
+            json.dumps({"data": {"key": k, "old": p}, "metadata": KV2_METADATA_JSON}), [k, p], "key-like"
+        ),
+        "kv2-key-like-value-outside-key-and-previous-keys": _problem(
+            f"data: map[key:{k} previous_key:[{p}]]\n{KV2_METADATA}\n", [k, p], "key-like"
+        ),
+        "kv2-previous-keys-a-map": _problem(
+            f"data: map[key:{k} previous_keys:map[a:{p}]]\n{KV2_METADATA}\n", [k, p], "not a list"
+        ),
+        "kv2-previous-keys-a-string-not-a-key": _problem(
+            f"data: map[key:{k} previous_keys:{CANARY}]\n{KV2_METADATA}\n", [k, CANARY], "bao kv patch"
+        ),
+        "kv2-previous-key-truncated": _problem(
+            f"data: map[key:{k} previous_keys:[{p} {p[:40]}]]\n", [k, p], "previous_keys[1]"
+        ),
+        "kv2-truncated-render": _problem(f"data: map[key:{k} previous_keys:[{p}", [k, p], "does not end"),
+        "kv1-key-like-value-outside-key-and-previous-keys": _problem(f"key: {k}\nold_key: {p}\n", [k, p], "key-like"),
+        "kv1-previous-keys-not-keys": _problem(f"key: {k}\nprevious_keys: [{p} {CANARY}]\n", [k, p, CANARY], "hex"),
+        "kv1-field-twice": _problem(f"key: {k}\nkey: {p}\n", [k, p], "twice"),
+        "two-openssl-outputs": _problem(_openssl_output() + _openssl_output(), [], "key-like"),
         "previous-keys-an-object": _problem(json.dumps({"key": k, "previous_keys": {"a": p}}), [k, p], "previous_keys"),
         "previous-key-63-hex-digits": _problem(
             json.dumps({"key": k, "previous_keys": [p[:63]]}), [k, p[:63]], "previous_keys"
@@ -739,3 +902,194 @@ def test_reprs_show_no_material(tmp_path: Path) -> None:
     new_ring = load_key_ring(generated)
     assert new_ring.current.material.hex() not in repr(new_ring).lower()
     assert new_ring.current.material.hex() not in repr(new_ring.current).lower()
+
+
+# --------------------------------------------------------------------------- frame locals (issue 12)
+#
+# Error trackers record the locals of every frame a raised exception passed through: sentry-sdk does
+# by default. A malformed key file must raise KeyFileError from frames that hold neither the file's
+# content nor key material, on every call until the file is fixed. Each test first shows the
+# detector catching the content in the frames of a parser that raises where it reads (what 0.1.0
+# did), then that load_key_ring's frames are clean.
+
+
+class MemoryTransport(sentry_sdk.transport.Transport):
+    """A real sentry-sdk transport that keeps the envelopes in memory instead of sending them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.envelopes: list[sentry_sdk.envelope.Envelope] = []
+
+    def capture_envelope(self, envelope: sentry_sdk.envelope.Envelope) -> None:
+        self.envelopes.append(envelope)
+
+
+def _sentry_event(exc: BaseException) -> str:
+    """The event sentry-sdk would send for ``exc``, locals included, as JSON text."""
+    transport = MemoryTransport()
+    client = sentry_sdk.Client(
+        "https://public@sentry.invalid/1",
+        transport=transport,
+        default_integrations=False,  # no global patching of http.client, logging, threads
+        auto_enabling_integrations=False,
+        include_local_variables=True,  # the default, said out loud
+        max_value_length=1_000_000,  # nothing truncated that could hide a leak
+    )
+    try:
+        with sentry_sdk.isolation_scope() as scope:
+            scope.set_client(client)
+            sentry_sdk.capture_exception(exc)
+        client.flush()
+    finally:
+        client.close()
+    events = [event for envelope in transport.envelopes if (event := envelope.get_event()) is not None]
+    assert len(events) == 1
+    frames = [f for v in events[0]["exception"]["values"] for f in v["stacktrace"]["frames"]]
+    assert any(frame.get("vars") for frame in frames), "sentry recorded no locals: the check would be vacuous"
+    return json.dumps(events[0])
+
+
+def _pyaccess_locals(exc: BaseException) -> list[str]:
+    """``name=repr`` of every local of every pyaccess frame the exception (or its chain) passed through."""
+    shown: list[str] = []
+    seen_pyaccess_frame = False
+    te: traceback.TracebackException | None = traceback.TracebackException.from_exception(exc, capture_locals=True)
+    while te is not None:
+        for frame in te.stack:
+            if f"{os.sep}pyaccess{os.sep}" in frame.filename:
+                seen_pyaccess_frame = True
+                shown += [f"{frame.name}: {name}={value}" for name, value in (frame.locals or {}).items()]
+        te = te.__cause__ or te.__context__
+    assert seen_pyaccess_frame, "no pyaccess frame in the traceback: the check would be vacuous"
+    return shown
+
+
+def _leaks(texts: list[str], forbidden: list[str]) -> list[str]:
+    return [f"{secret[:6]}… in {text[:80]}" for text in texts for secret in forbidden if secret.lower() in text.lower()]
+
+
+def _raised(call: Callable[[], object]) -> BaseException:
+    """The exception ``call`` raises; this frame's own locals are the callable only."""
+    try:
+        call()
+    except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        return exc
+    raise AssertionError("nothing was raised")
+
+
+def _load_raising_where_it_reads(path: Path) -> object:
+    """The control: 0.1.0's arrangement, where the frames that read and parse the file raise."""
+    raw = path.read_bytes()
+    text = raw.decode("utf-8")
+    return keyfile._all_keys(text.strip())  # raises from the parser's own frames
+
+
+def _malformed() -> dict[str, tuple[str, list[str]]]:
+    """A malformed file -> (content, what must never be recorded: the keys in it and other content)."""
+    k, p = new_hex(), new_hex()
+    output = _openssl_output()
+    return {
+        "previous-keys-typo": (json.dumps({"key": k, "previous_keys": f"{p},{k}", "note": CANARY}), [k, p, CANARY]),
+        "truncated-json-render": (json.dumps({"key": k, "previous_keys": [p]})[:-3], [k, p]),
+        "previous-key-63-hex-digits": (json.dumps({"key": k, "previous_keys": [p[:63]]}), [k, p[:63]]),
+        "truncated-map-render": (f"data: map[key:{output} previous_keys:[{p}", [_openssl_key(output), p]),
+        "kv1-key-outside-previous-keys": (f"key: {k}\nold: {p}\nnote: {CANARY}\n", [k, p, CANARY]),
+    }
+
+
+MALFORMED = _malformed()
+
+
+@pytest.mark.parametrize(("content", "forbidden"), MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_key_file__raises_from_frames_without_content__traceback_locals(
+    content: str, forbidden: list[str], tmp_path: Path
+) -> None:
+    path = _write(tmp_path / "provisioning_secret_enc_key", content)
+    control = _raised(lambda: _load_raising_where_it_reads(path))
+    assert _leaks(_pyaccess_locals(control), forbidden), "control: the parser's own frames hold the content"
+
+    error = _raised(lambda: load_key_ring(path))
+    assert isinstance(error, KeyFileError)
+    assert error.__context__ is None
+    assert error.__cause__ is None
+    assert _leaks(_pyaccess_locals(error), forbidden) == []
+    assert _leaks([str(error), repr(error)], forbidden) == []
+
+    parse_error = _raised(lambda: parse_key_ring(path.read_text()))
+    assert isinstance(parse_error, KeyFileError)
+    assert _leaks(_pyaccess_locals(parse_error), forbidden) == []
+
+
+@pytest.mark.parametrize(("content", "forbidden"), MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_key_file__raises_from_frames_without_content__sentry(
+    content: str, forbidden: list[str], tmp_path: Path
+) -> None:
+    path = _write(tmp_path / "provisioning_secret_enc_key", content)
+    control = _sentry_event(_raised(lambda: _load_raising_where_it_reads(path)))
+    assert _leaks([control], forbidden), "control: sentry records the parser's locals, content included"
+
+    for _ in range(2):  # every call raises afresh until the file is fixed: no cache in the way
+        event = _sentry_event(_raised(lambda: load_key_ring(path)))
+        assert "KeyFileError" in event
+        assert _leaks([event], forbidden) == []
+
+
+def test_malformed_key_file__through_the_service_calls__sentry_records_no_content(
+    conn: psycopg.Connection[tuple[object, ...]], group: uuid.UUID, key_file: Path, tmp_path: Path
+) -> None:
+    """From the service's own call down: every pyaccess and psycopg frame on the way is clean."""
+    pyaccess.store_provision_secret(conn, group, CANARY, key_file=key_file)
+    for label, (content, forbidden) in MALFORMED.items():
+        path = _write(tmp_path / f"{label}.key", content)
+        for call in (
+            lambda path=path: pyaccess.get_provision_secret(conn, group, key_file=path),
+            lambda path=path: pyaccess.store_provision_secret(conn, group, "another secret", key_file=path),
+            lambda path=path: pyaccess.ProvisionSecrets(key_file=path).get(group, conn=conn),
+        ):
+            error = _raised(call)
+            assert isinstance(error, KeyFileError), label
+            assert _leaks([_sentry_event(error), *_pyaccess_locals(error)], [*forbidden, CANARY]) == []
+    assert pyaccess.get_provision_secret(conn, group, key_file=key_file) == CANARY
+
+
+# --------------------------------------------------------------------------- a key given as the file name
+
+
+def _mistaken_names() -> dict[str, str]:
+    output = _openssl_output()
+    return {"64-hex-key": new_hex(), "openssl-output": output, "json-key-file-content": json.dumps({"key": new_hex()})}
+
+
+MISTAKEN_NAMES = _mistaken_names()
+
+
+def _key_material_in(name: str) -> list[str]:
+    return [run for run in re.findall(r"[0-9A-Fa-f]{16,}", name)]
+
+
+@pytest.mark.parametrize("name", MISTAKEN_NAMES.values(), ids=MISTAKEN_NAMES.keys())
+def test_key_given_as_the_file_name__message_and_locals_redacted(
+    name: str, no_key_file_env: pytest.MonkeyPatch
+) -> None:
+    material = _key_material_in(name)
+    assert material
+    # The control: 0.1.0's message echoed the name, and a frame holding the name records it.
+    assert _leaks([f"key file {name!r}: file does not exist"], material)
+
+    no_key_file_env.setenv("PYACCESS_KEY_FILE", name)
+    error = _raised(load_key_ring)
+    assert isinstance(error, KeyFileError)
+    assert "file does not exist" in error.reason
+    assert "key material" in str(error)
+    assert "<redacted>" in error.path
+    assert _leaks([str(error), repr(error), error.path, error.reason], material) == []
+    assert _leaks(_pyaccess_locals(error), material) == []
+    assert _leaks([_sentry_event(error)], material) == []
+
+
+def test_ordinary_file_names_are_shown_as_given(tmp_path: Path) -> None:
+    path = tmp_path / "deploy-2024" / "provisioning_secret_enc_key"
+    error = _raised(lambda: load_key_ring(path))
+    assert isinstance(error, KeyFileError)
+    assert error.path == str(path)
+    assert "key material" not in str(error)
