@@ -23,6 +23,7 @@ import pytest
 import pyaccess
 from pyaccess.doctor import run_checks
 from pyaccess.keyfile import load_key_ring
+from pyaccess.rotation import register_key
 from tests.fix_db import ROOT
 from tests.fix_vault import (
     INJECTOR_JSON_TEMPLATE,
@@ -149,8 +150,15 @@ def test_rendering__adr_key_then_a_second_key__store_and_get_work(  # noqa: PLR0
     agent.wait_for(SECRET, lambda text: second in text, "the second key rendered")
     assert _hexes(load_key_ring(path)) == [second, vault.adr_key]
     assert pyaccess.get_provision_secret(conn, group, key_file=path) == "first secret"
+    _register_current_key(conn, path)
     pyaccess.store_provision_secret(conn, group, "second secret", key_file=path)
     assert pyaccess.get_provision_secret(conn, group, key_file=path) == "second secret"
+
+
+def _register_current_key(conn: Conn, path: Path) -> None:
+    """As the runbook does before a new key may seal (the first key registers itself by its first store)."""
+    register_key(conn, key_file=path)
+    conn.commit()
 
 
 def _new_group(conn: Conn) -> uuid.UUID:
@@ -291,6 +299,7 @@ def test_running_client__picks_up_each_re_rendered_file__without_restart(
             assert time.monotonic() - written < 15, "the agent did not re-render within 15 s"
             time.sleep(0.02)
         pickups.append(time.monotonic() - written)
+        _register_current_key(conn, path)
         client.store(group, f"round {round_}", conn=conn)
         conn.commit()
         assert client.get(group, conn=conn) == f"round {round_}"
