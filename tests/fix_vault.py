@@ -32,6 +32,34 @@ from typing import Any
 import pytest
 
 from pyaccess.cluster import free_port
+from pyaccess.keys import KeyRing
+from tests.fix_db import ROOT
+
+__all__ = [
+    "ANNOTATIONS",
+    "INJECTOR_JSON_TEMPLATE",
+    "INJECTOR_MAP_TEMPLATE",
+    "KV1_NAMESPACE",
+    "KV1_PATH",
+    "KV2_PATH",
+    "MOUNT",
+    "NAMESPACE",
+    "README",
+    "SECRET",
+    "Agent",
+    "Template",
+    "Vault",
+    "VaultServer",
+    "adr_key_output",
+    "bao_binary",
+    "documented_templates",
+    "file_mode",
+    "key_hexes",
+    "openssl_key_hex",
+    "running",
+    "stop",
+    "wait_until",
+]
 
 # The ADR's names: namespace, KV v2 mount, secret. KV v1 gets a sibling namespace with the same
 # mount name, so that the documented KV v1 template runs as written.
@@ -334,23 +362,53 @@ def file_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 
 
-__all__ = [
-    "INJECTOR_JSON_TEMPLATE",
-    "INJECTOR_MAP_TEMPLATE",
-    "KV1_NAMESPACE",
-    "KV1_PATH",
-    "KV2_PATH",
-    "MOUNT",
-    "NAMESPACE",
-    "SECRET",
-    "Agent",
-    "Template",
-    "Vault",
-    "VaultServer",
-    "adr_key_output",
-    "file_mode",
-    "openssl_key_hex",
-    "running",
-    "stop",
-    "wait_until",
-]
+# --------------------------------------------------------------------------- the README's annotations
+# The README's injector annotations are what the tests render: parsed here, so that they cannot drift.
+
+_ANNOTATION_BLOCK = re.compile(
+    r"```yaml\n(?P<indent> *)# pyaccess: (?P<name>[\w-]+)\n(?P<body>.*?)\n(?P=indent)```", re.S
+)
+_ANNOTATION = re.compile(r'^(vault\.hashicorp\.com/[\w.-]+): (?:"(?P<quoted>[^"]*)"|(?P<block>\|))(?:  #.*)?$')
+
+
+def _annotations(body: str, indent: str) -> dict[str, str]:
+    """The annotations of one README block: the YAML subset it uses ("quoted" values, | literal blocks)."""
+    lines = [line.removeprefix(indent) for line in body.split("\n")]
+    annotations: dict[str, str] = {}
+    position = 0
+    while position < len(lines):
+        match = _ANNOTATION.match(lines[position])
+        assert match is not None, f"README annotation line not understood: {lines[position]!r}"
+        position += 1
+        if match["block"] is None:
+            annotations[match[1]] = match["quoted"]
+            continue
+        block: list[str] = []
+        while position < len(lines) and lines[position].startswith("  "):
+            block.append(lines[position][2:])
+            position += 1
+        annotations[match[1]] = "\n".join(block) + "\n"  # "|": the lines, and one final newline
+    return annotations
+
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+ANNOTATIONS = {m["name"]: _annotations(m["body"], m["indent"]) for m in _ANNOTATION_BLOCK.finditer(README)}
+
+
+def documented_templates(name: str) -> list[Template]:
+    """What the injector makes of a README block: one template per agent-inject-secret-<name>."""
+    annotations = ANNOTATIONS["vault-agent-annotations"] | ANNOTATIONS[name]
+    prefix = "vault.hashicorp.com/agent-inject-secret-"
+    templates = []
+    for key in annotations:
+        if key.startswith(prefix):
+            secret = key.removeprefix(prefix)
+            contents = annotations[f"vault.hashicorp.com/agent-inject-template-{secret}"]
+            perms = annotations.get(f"vault.hashicorp.com/agent-inject-perms-{secret}")
+            templates.append(Template(secret, contents, perms))
+    return templates
+
+
+def key_hexes(ring: KeyRing) -> list[str]:
+    """The ring's keys as hex, current first (for assertions; never printed)."""
+    return [material.hex() for material in ring.materials]

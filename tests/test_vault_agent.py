@@ -24,8 +24,8 @@ import pyaccess
 from pyaccess.doctor import run_checks
 from pyaccess.keyfile import load_key_ring
 from pyaccess.rotation import register_key
-from tests.fix_db import ROOT
 from tests.fix_vault import (
+    ANNOTATIONS,
     INJECTOR_JSON_TEMPLATE,
     INJECTOR_MAP_TEMPLATE,
     KV1_NAMESPACE,
@@ -37,58 +37,17 @@ from tests.fix_vault import (
     Template,
     Vault,
     adr_key_output,
+    documented_templates,
     file_mode,
+    key_hexes,
     openssl_key_hex,
 )
 
 Conn = psycopg.Connection[tuple[object, ...]]
 StartAgent = Callable[..., Agent]
-README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- the README's annotations
-
-_ANNOTATION_BLOCK = re.compile(
-    r"```yaml\n(?P<indent> *)# pyaccess: (?P<name>[\w-]+)\n(?P<body>.*?)\n(?P=indent)```", re.S
-)
-_ANNOTATION = re.compile(r'^(vault\.hashicorp\.com/[\w.-]+): (?:"(?P<quoted>[^"]*)"|(?P<block>\|))(?:  #.*)?$')
-
-
-def _annotations(body: str, indent: str) -> dict[str, str]:
-    """The annotations of one README block: the YAML subset it uses ("quoted" values, | literal blocks)."""
-    lines = [line.removeprefix(indent) for line in body.split("\n")]
-    annotations: dict[str, str] = {}
-    position = 0
-    while position < len(lines):
-        match = _ANNOTATION.match(lines[position])
-        assert match is not None, f"README annotation line not understood: {lines[position]!r}"
-        position += 1
-        if match["block"] is None:
-            annotations[match[1]] = match["quoted"]
-            continue
-        block: list[str] = []
-        while position < len(lines) and lines[position].startswith("  "):
-            block.append(lines[position][2:])
-            position += 1
-        annotations[match[1]] = "\n".join(block) + "\n"  # "|": the lines, and one final newline
-    return annotations
-
-
-ANNOTATIONS = {m["name"]: _annotations(m["body"], m["indent"]) for m in _ANNOTATION_BLOCK.finditer(README)}
-
-
-def _documented_templates(name: str) -> list[Template]:
-    """What the injector makes of a README block: one template per agent-inject-secret-<name>."""
-    annotations = ANNOTATIONS["vault-agent-annotations"] | ANNOTATIONS[name]
-    prefix = "vault.hashicorp.com/agent-inject-secret-"
-    templates = []
-    for key in annotations:
-        if key.startswith(prefix):
-            secret = key.removeprefix(prefix)
-            contents = annotations[f"vault.hashicorp.com/agent-inject-template-{secret}"]
-            perms = annotations.get(f"vault.hashicorp.com/agent-inject-perms-{secret}")
-            templates.append(Template(secret, contents, perms))
-    return templates
 
 
 def test_readme__annotations_are_complete_and_name_the_adr_layout() -> None:
@@ -103,7 +62,7 @@ def test_readme__annotations_are_complete_and_name_the_adr_layout() -> None:
     kv1 = ANNOTATIONS["vault-agent-annotations-kv1"]
     assert kv1[f"vault.hashicorp.com/agent-inject-secret-{SECRET}"] == KV1_PATH
     for name in ANNOTATIONS:
-        (template,) = _documented_templates(name)
+        (template,) = documented_templates(name)
         assert template.name == SECRET
 
 
@@ -117,17 +76,13 @@ def _injector_default(template: str, path: str) -> list[Template]:
 
 # name -> (templates, namespace of the agent, KV v1?)
 RENDERINGS: dict[str, tuple[list[Template], str, bool]] = {
-    "documented-kv2": (_documented_templates("vault-agent-annotations"), NAMESPACE, False),
-    "documented-kv1": (_documented_templates("vault-agent-annotations-kv1"), KV1_NAMESPACE, True),
+    "documented-kv2": (documented_templates("vault-agent-annotations"), NAMESPACE, False),
+    "documented-kv1": (documented_templates("vault-agent-annotations-kv1"), KV1_NAMESPACE, True),
     "injector-map-default-kv2": (_injector_default(INJECTOR_MAP_TEMPLATE, KV2_PATH), NAMESPACE, False),
     "injector-json-default-kv2": (_injector_default(INJECTOR_JSON_TEMPLATE, KV2_PATH), NAMESPACE, False),
     "injector-map-default-kv1": (_injector_default(INJECTOR_MAP_TEMPLATE, KV1_PATH), KV1_NAMESPACE, True),
     "injector-json-default-kv1": (_injector_default(INJECTOR_JSON_TEMPLATE, KV1_PATH), KV1_NAMESPACE, True),
 }
-
-
-def _hexes(ring: pyaccess.KeyRing) -> list[str]:
-    return [material.hex() for material in ring.materials]
 
 
 @pytest.mark.parametrize(("templates", "namespace", "kv1"), RENDERINGS.values(), ids=RENDERINGS.keys())
@@ -138,7 +93,7 @@ def test_rendering__adr_key_then_a_second_key__store_and_get_work(  # noqa: PLR0
     path = agent.file(SECRET)
     expected_mode = 0o400 if templates[0].perms == "0400" else 0o644
     assert file_mode(path) == expected_mode
-    assert _hexes(load_key_ring(path)) == [vault.adr_key]
+    assert key_hexes(load_key_ring(path)) == [vault.adr_key]
 
     group = _new_group(conn)
     pyaccess.store_provision_secret(conn, group, "first secret", key_file=path)
@@ -148,7 +103,7 @@ def test_rendering__adr_key_then_a_second_key__store_and_get_work(  # noqa: PLR0
     second = os.urandom(32).hex()
     vault.put({"key": second, "previous_keys": [vault.adr_output], "ttl": "1s"}, kv1=kv1)
     agent.wait_for(SECRET, lambda text: second in text, "the second key rendered")
-    assert _hexes(load_key_ring(path)) == [second, vault.adr_key]
+    assert key_hexes(load_key_ring(path)) == [second, vault.adr_key]
     assert pyaccess.get_provision_secret(conn, group, key_file=path) == "first secret"
     _register_current_key(conn, path)
     pyaccess.store_provision_secret(conn, group, "second secret", key_file=path)
@@ -178,7 +133,7 @@ EXPLICIT_FIELDS_TEMPLATE = (
     '"previous_keys": {{ .Data.data.previous_keys | toJSON }}}{{ end }}'
 )
 KV2_TEMPLATES = [
-    Template("documented", _documented_templates("vault-agent-annotations")[0].contents),
+    Template("documented", documented_templates("vault-agent-annotations")[0].contents),
     Template("injector-map", INJECTOR_MAP_TEMPLATE % KV2_PATH),
     Template("injector-json", INJECTOR_JSON_TEMPLATE % KV2_PATH),
     Template("explicit-fields", EXPLICIT_FIELDS_TEMPLATE % KV2_PATH),
@@ -208,14 +163,14 @@ def test_hazard__previous_keys_stored_as_a_string_holding_a_json_list__understoo
     agent = _render_all(vault, vault_agent, lambda: vault.patch({"previous_keys": f'["{old}", "{vault.adr_output}"]'}))
     for t in KV2_TEMPLATES:
         assert '"[' in agent.file(t.name).read_text() or "previous_keys:[" in agent.file(t.name).read_text()
-        assert _hexes(load_key_ring(agent.file(t.name))) == [vault.adr_key, old], t.name
+        assert key_hexes(load_key_ring(agent.file(t.name))) == [vault.adr_key, old], t.name
 
 
 def test_hazard__previous_keys_stored_as_a_string_of_one_key__understood(vault: Vault, vault_agent: StartAgent) -> None:
     old = os.urandom(32).hex()
     agent = _render_all(vault, vault_agent, lambda: vault.patch({"previous_keys": old}))
     for t in KV2_TEMPLATES:
-        assert _hexes(load_key_ring(agent.file(t.name))) == [vault.adr_key, old], t.name
+        assert key_hexes(load_key_ring(agent.file(t.name))) == [vault.adr_key, old], t.name
 
 
 def test_hazard__previous_keys_stored_as_an_unclear_string__refused_with_the_fix(
@@ -240,21 +195,21 @@ def test_hazard__previous_keys_null__read_as_none(vault: Vault, vault_agent: Sta
     assert '"previous_keys":null' in agent.file("documented").read_text()
     assert "previous_keys:<nil>" in agent.file("injector-map").read_text()
     for t in KV2_TEMPLATES:
-        assert _hexes(load_key_ring(agent.file(t.name))) == [vault.adr_key], t.name
+        assert key_hexes(load_key_ring(agent.file(t.name))) == [vault.adr_key], t.name
 
     # -remove-data: the field is gone, and a template that names it renders null.
     _rewrite(agent, lambda: vault.patch({"previous_keys": [old]}))
     _rewrite(agent, lambda: vault.server.bao("kv", "patch", "-mount=kv-dev", "-remove-data=previous_keys", SECRET))
     assert '"previous_keys": null' in agent.file("explicit-fields").read_text()
     for t in KV2_TEMPLATES:
-        assert _hexes(load_key_ring(agent.file(t.name))) == [vault.adr_key], t.name
+        assert key_hexes(load_key_ring(agent.file(t.name))) == [vault.adr_key], t.name
 
 
 def test_hazard__previous_keys_empty__read_as_none(vault: Vault, vault_agent: StartAgent) -> None:
     agent = _render_all(vault, vault_agent, lambda: vault.patch({"previous_keys": []}))
     assert "previous_keys:[]" in agent.file("injector-map").read_text()
     for t in KV2_TEMPLATES:
-        assert _hexes(load_key_ring(agent.file(t.name))) == [vault.adr_key], t.name
+        assert key_hexes(load_key_ring(agent.file(t.name))) == [vault.adr_key], t.name
 
 
 def test_hazard__injector_json_default__kv2_data_wrapped_with_metadata(vault: Vault, vault_agent: StartAgent) -> None:
@@ -262,7 +217,7 @@ def test_hazard__injector_json_default__kv2_data_wrapped_with_metadata(vault: Va
     rendered = json.loads(agent.file("injector-json").read_text())
     assert set(rendered) == {"data", "metadata"}
     assert rendered["metadata"]["version"] == vault.version()
-    assert _hexes(load_key_ring(agent.file("injector-json"))) == [vault.adr_key]  # the same key twice: once
+    assert key_hexes(load_key_ring(agent.file("injector-json"))) == [vault.adr_key]  # the same key twice: once
 
 
 def test_hazard__kv1_map_with_previous_keys__every_key_read(vault: Vault, vault_agent: StartAgent) -> None:
@@ -273,7 +228,7 @@ def test_hazard__kv1_map_with_previous_keys__every_key_read(vault: Vault, vault_
     agent.wait_for("map", lambda text: new in text, "re-rendered")
     rendered = agent.file("map").read_text()
     assert re.search(r"^previous_keys: \[salt=", rendered, re.M)  # Go's fmt: no quotes, raw newlines
-    assert _hexes(load_key_ring(agent.file("map"))) == [new, vault.adr_key, old, openssl_key_hex(older)]
+    assert key_hexes(load_key_ring(agent.file("map"))) == [new, vault.adr_key, old, openssl_key_hex(older)]
 
 
 # --------------------------------------------------------------------------- hot reload and file modes
@@ -282,7 +237,7 @@ def test_hazard__kv1_map_with_previous_keys__every_key_read(vault: Vault, vault_
 def test_running_client__picks_up_each_re_rendered_file__without_restart(
     vault: Vault, vault_agent: StartAgent, conn: Conn
 ) -> None:
-    agent = vault_agent(_documented_templates("vault-agent-annotations"))
+    agent = vault_agent(documented_templates("vault-agent-annotations"))
     path = agent.file(SECRET)
     client = pyaccess.ProvisionSecrets(key_file=path)
     group = _new_group(conn)
@@ -317,7 +272,7 @@ def test_agent_default_mode_0644__doctor_warns__perms_0400__ok(vault: Vault, vau
     agent = vault_agent(
         [
             Template("default-mode", INJECTOR_MAP_TEMPLATE % KV2_PATH, perms=None),
-            *_documented_templates("vault-agent-annotations"),
+            *documented_templates("vault-agent-annotations"),
         ]
     )
     assert file_mode(agent.file("default-mode")) == 0o644
