@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from pyaccess import aio, provision
-from pyaccess.errors import ParameterLoggingError
+from pyaccess.errors import ParameterLoggingError, redact_key_file_name
 from pyaccess.execution import GuardMode, forget, guard_session, guard_session_async
 from pyaccess.keyfile import KeyFilePath, load_key_ring, resolve_key_file
 from pyaccess.redacted import Plaintext
@@ -65,7 +65,9 @@ class _Base:
     def __repr__(self) -> str:
         pool = getattr(self, "pool", None)
         pool_name = getattr(pool, "name", None) if pool is not None else None
-        return f"<{type(self).__name__} key_file={str(self.key_file)!r} pool={pool_name!r} guard={self.guard.value!r}>"
+        # Redacted: error trackers record `self`, and PYACCESS_KEY_FILE may hold the key itself by mistake.
+        key_file = redact_key_file_name(self.key_file)
+        return f"<{type(self).__name__} key_file={key_file!r} pool={pool_name!r} guard={self.guard.value!r}>"
 
 
 class ProvisionSecrets(_Base):

@@ -1087,6 +1087,21 @@ def test_key_given_as_the_file_name__message_and_locals_redacted(
     assert _leaks([_sentry_event(error)], material) == []
 
 
+@pytest.mark.parametrize("name", MISTAKEN_NAMES.values(), ids=MISTAKEN_NAMES.keys())
+def test_key_given_as_the_file_name__client_frames_show_it_redacted(
+    name: str, no_key_file_env: pytest.MonkeyPatch
+) -> None:
+    """A client's ``self`` is a local of every frame of its methods: its repr must not show the name."""
+    material = _key_material_in(name)
+    no_key_file_env.setenv("PYACCESS_KEY_FILE", name)
+    client = pyaccess.ProvisionSecrets()
+    assert _leaks([str(client.key_file)], material), "control: the client holds the name as given"
+
+    error = _raised(lambda: client.get(uuid.uuid4(), conn=None))  # the key file is read first
+    assert isinstance(error, KeyFileError)
+    assert _leaks([repr(client), *_pyaccess_locals(error), _sentry_event(error)], material) == []
+
+
 def test_ordinary_file_names_are_shown_as_given(tmp_path: Path) -> None:
     path = tmp_path / "deploy-2024" / "provisioning_secret_enc_key"
     error = _raised(lambda: load_key_ring(path))
