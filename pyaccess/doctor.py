@@ -17,7 +17,7 @@ import psycopg
 from yoyo import read_migrations
 
 from pyaccess import queries
-from pyaccess.errors import PyAccessError, from_psycopg
+from pyaccess.errors import PyAccessError, from_psycopg, redact_key_file_name
 from pyaccess.keyfile import KeyFilePath, load_key_ring, resolve_key_file
 from pyaccess.keys import KeyRing
 from pyaccess.migrate import migrations_dir
@@ -100,7 +100,8 @@ def _key_file(path: KeyFilePath) -> tuple[Check, KeyRing | None]:
     except PyAccessError as exc:
         return Check("key file", "FAIL", str(exc)), None
     mode = stat.S_IMODE(os.stat(resolved).st_mode)
-    detail = f"{resolved}: current key + {len(ring.previous)} previous (mode {mode:04o})"
+    ids = ", ".join([f"current {ring.current.key_id}", *(f"previous {key.key_id}" for key in ring.previous)])
+    detail = f"{redact_key_file_name(resolved)}: key ids {ids} (mode {mode:04o})"
     if mode & stat.S_IROTH:
         return Check("key file", "warning", f"{detail}: world-readable; set the agent's perms to 0400 or 0440"), ring
     return Check("key file", "ok", detail), ring

@@ -142,3 +142,15 @@ def test_readme_recipe__opens_an_envelope_that_pyaccess_wrote_without_pyaccess(
     moved = uuid.uuid4()
     with pytest.raises(ValueError, match="tag"):
         open_v2(master, moved, envelope)
+
+
+def test_doctor__prints_the_key_ids_the_key_file_holds__never_a_key(db: str, key_file: Path, tmp_path: Path) -> None:
+    ring = tmp_path / "ring.json"
+    old = _master(key_file)
+    new = Key(bytes(range(32)))
+    ring.write_text(f'{{"key": "{new.material.hex()}", "previous_keys": ["{old.material.hex()}"]}}')
+    result = CliRunner().invoke(main, ["doctor", "--json", "--dsn", db, "--key-file", str(ring)])
+    (key_file_check,) = [line for line in result.output.splitlines() if '"key file"' in line]
+    assert f"current {new.key_id}, previous {old.key_id}" in key_file_check
+    for material in (new.material, old.material):
+        assert not _crossed(result.output.encode(), material)
