@@ -15,12 +15,13 @@ connection is guarded again on its next call.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import threading
 import weakref
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import Any, LiteralString, TypeVar
+from typing import Any, Generic, LiteralString, TypeVar
 
 import psycopg
 from psycopg import pq
@@ -92,72 +93,119 @@ def _translated(conn: AnyConnection, exc: psycopg.Error) -> Exception:
     return error
 
 
-def guard_session(conn: psycopg.Connection[Any]) -> None:
-    """Guard an idle connection for its whole session (a pool's ``configure`` hook may call this)."""
+@dataclass(frozen=True)
+class _Send:
+    """One round trip: statements sent together, in a transaction of their own or in one pipeline."""
+
+    statements: tuple[Statement, ...]
+    own_transaction: bool = False
+    pipelined: bool = False
+
+
+_GUARD = Statement(queries.GUARD)
+# Idle: a transaction of our own holds only the guard, and its SETs last for the session.
+_GUARD_SESSION = _Send((_GUARD,), own_transaction=True)
+
+
+def _around(conn: AnyConnection, send: _Send) -> Any:
+    """The context a round trip runs in; the same methods exist on sync and async connections."""
+    if send.own_transaction:
+        return conn.transaction()
+    return conn.pipeline() if send.pipelined else contextlib.nullcontext()
+
+
+class _Call(Generic[T]):
+    """A call's round trips, decided once for both drivers: the guard, then each statement of its steps."""
+
+    result: T
+
+    def __init__(self, conn: AnyConnection, steps: Steps[T], mode: GuardMode) -> None:
+        prepare_adapters(conn)
+        self.conn, self._steps, self._mode = conn, steps, mode
+        self._statement = next(steps)
+        self._guarding = _plan(conn, mode) is _Plan.GUARD_FIRST
+        self.done = False
+
+    @property
+    def next(self) -> _Send:
+        """The next round trip."""
+        if self._guarding:
+            return _GUARD_SESSION
+        if _plan(self.conn, self._mode) is _Plan.PIPELINED:
+            return _Send((_GUARD, self._statement), pipelined=True)
+        return _Send((self._statement,))
+
+    def receive(self, rows: list[tuple[Any, ...]]) -> None:
+        """The rows of the last round trip."""
+        if self._guarding:
+            self._guarding = False
+            _mark(self.conn)
+            return
+        try:
+            self._statement = self._steps.send(rows)
+        except StopIteration as stop:
+            self.done = True
+            self.result = stop.value
+        except BaseException:
+            rows.clear()  # no frame on the error's traceback keeps what the server returned
+            raise
+
+
+@contextlib.contextmanager
+def _translating(conn: AnyConnection) -> Iterator[None]:
+    """psycopg errors become :class:`~pyaccess.PyAccessError`; a session whose guard was lost is forgotten."""
     try:
-        # Idle: a transaction of our own holds only the guard, and its SETs last for the session.
-        with conn.transaction():
-            psycopg.Cursor(conn).execute(queries.GUARD)
+        yield
     except psycopg.Error as exc:
         raise _translated(conn, exc) from exc
+
+
+# The two drivers: the only code that differs between sync and async is the await.
+
+
+def _send(conn: psycopg.Connection[Any], send: _Send) -> list[tuple[Any, ...]]:
+    cursor = psycopg.Cursor(conn)
+    with _around(conn, send):
+        for statement in send.statements:
+            cursor.execute(statement.query, statement.params)
+    return cursor.fetchall() if cursor.description else []
+
+
+async def _send_async(conn: psycopg.AsyncConnection[Any], send: _Send) -> list[tuple[Any, ...]]:
+    cursor = psycopg.AsyncCursor(conn)
+    async with _around(conn, send):
+        for statement in send.statements:
+            await cursor.execute(statement.query, statement.params)
+    return await cursor.fetchall() if cursor.description else []
+
+
+def run(conn: psycopg.Connection[Any], steps: Steps[T], mode: GuardMode = GuardMode.ONCE) -> T:
+    """Run ``steps`` on ``conn`` behind the log guard; psycopg errors become :class:`PyAccessError`."""
+    call = _Call(conn, steps, mode)
+    with _translating(conn):
+        while not call.done:
+            call.receive(_send(conn, call.next))
+    return call.result
+
+
+async def run_async(conn: psycopg.AsyncConnection[Any], steps: Steps[T], mode: GuardMode = GuardMode.ONCE) -> T:
+    """:func:`run` for an :class:`psycopg.AsyncConnection`."""
+    call = _Call(conn, steps, mode)
+    with _translating(conn):
+        while not call.done:
+            call.receive(await _send_async(conn, call.next))
+    return call.result
+
+
+def guard_session(conn: psycopg.Connection[Any]) -> None:
+    """Guard an idle connection for its whole session (a pool's ``configure`` hook may call this)."""
+    with _translating(conn):
+        _send(conn, _GUARD_SESSION)
     _mark(conn)
 
 
 async def guard_session_async(conn: psycopg.AsyncConnection[Any]) -> None:
     """:func:`guard_session` for an :class:`psycopg.AsyncConnection`."""
-    try:
-        async with conn.transaction():
-            await psycopg.AsyncCursor(conn).execute(queries.GUARD)
-    except psycopg.Error as exc:
-        raise _translated(conn, exc) from exc
+    with _translating(conn):
+        await _send_async(conn, _GUARD_SESSION)
     _mark(conn)
-
-
-def run(conn: psycopg.Connection[Any], steps: Steps[T], mode: GuardMode = GuardMode.ONCE) -> T:
-    """Run ``steps`` on ``conn`` behind the log guard; psycopg errors become :class:`PyAccessError`."""
-    prepare_adapters(conn)
-    cursor: psycopg.Cursor[Any] = psycopg.Cursor(conn)
-    statement = next(steps)
-    try:
-        plan = _plan(conn, mode)
-        if plan is _Plan.GUARD_FIRST:
-            guard_session(conn)
-        while True:
-            if plan is _Plan.PIPELINED:
-                with conn.pipeline():
-                    cursor.execute(queries.GUARD)
-                    cursor.execute(statement.query, statement.params)
-                plan = _plan(conn, mode)
-            else:
-                cursor.execute(statement.query, statement.params)
-            statement = steps.send(cursor.fetchall() if cursor.description else [])
-    except StopIteration as done:
-        result: T = done.value
-        return result
-    except psycopg.Error as exc:
-        raise _translated(conn, exc) from exc
-
-
-async def run_async(conn: psycopg.AsyncConnection[Any], steps: Steps[T], mode: GuardMode = GuardMode.ONCE) -> T:
-    """:func:`run` for an :class:`psycopg.AsyncConnection`."""
-    prepare_adapters(conn)
-    cursor: psycopg.AsyncCursor[Any] = psycopg.AsyncCursor(conn)
-    statement = next(steps)
-    try:
-        plan = _plan(conn, mode)
-        if plan is _Plan.GUARD_FIRST:
-            await guard_session_async(conn)
-        while True:
-            if plan is _Plan.PIPELINED:
-                async with conn.pipeline():
-                    await cursor.execute(queries.GUARD)
-                    await cursor.execute(statement.query, statement.params)
-                plan = _plan(conn, mode)
-            else:
-                await cursor.execute(statement.query, statement.params)
-            statement = steps.send(await cursor.fetchall() if cursor.description else [])
-    except StopIteration as done:
-        result: T = done.value
-        return result
-    except psycopg.Error as exc:
-        raise _translated(conn, exc) from exc

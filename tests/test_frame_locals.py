@@ -1128,8 +1128,10 @@ def test_rotation__dropped_connection_during_a_batch(
             killer.join()
         locker.rollback()
     assert_clean(failure, canaries, pyaccess.DatabaseError)
-    run = [f for f in _frames(failure.event) if f.get("function") == "run" and f.get("module") == "pyaccess.execution"]
-    assert "pyaccess.rewrap(" in str(run[-1]["vars"]["statement"]), "it failed before the batch"
+    sent = [
+        f for f in _frames(failure.event) if f.get("function") == "_send" and f.get("module") == "pyaccess.execution"
+    ]
+    assert "pyaccess.rewrap(" in str(sent[-1]["vars"]["send"]), "it failed before the batch"
 
 
 def test_rotation__guard_lost_between_batches(
