@@ -164,7 +164,7 @@ def rotate(
     started = time.monotonic()
     after = None
     while True:
-        with conn.transaction():
+        with translate_errors(), conn.transaction():  # (a connection lost at COMMIT is a psycopg error too)
             batch = _fetch(conn, queries.REWRAP_TODO, (ring.current.id_bytes, after, batch_size))
             rows = run(conn, _rewrap(batch, ring)) if batch else []
         if not batch:
