@@ -27,7 +27,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check pyaccess tests bench migrations
 
 typecheck: $(BIN)/.installed
-	$(BIN)/mypy --strict pyaccess tests
+	$(BIN)/mypy --strict pyaccess tests bench
 
 # pytest exits 5 when it collected nothing: that is a failure, not a pass.
 pytest: $(BIN)/.installed
@@ -35,7 +35,7 @@ pytest: $(BIN)/.installed
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$status
 
-## bench: the side-by-side benchmark (not part of make test)
+## bench: the side-by-side benchmark (make test runs it only with tiny sizes, tests/test_bench_smoke.py)
 bench: $(BIN)/.bench-installed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
