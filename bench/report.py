@@ -92,7 +92,7 @@ def chart(sections: Sequence[Section], path: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     compared = [c for s in sections for c in s.comparisons if c.reference != c.name]
-    labels = [c.name for c in compared]
+    labels = [f"{c.name}  (vs {'floor' if '(floor)' in c.reference else c.reference})" for c in compared]
     ys = range(len(compared))
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(compared) + 1.5))
     ax.barh([y - 0.2 for y in ys], [c.ratio for c in compared], height=0.4, label="time per operation")
@@ -100,8 +100,8 @@ def chart(sections: Sequence[Section], path: Path) -> None:
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(list(ys), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("ratio to the reference (see results.md)")
-    ax.legend(loc="lower right")
+    ax.set_xlabel("ratio to the reference (1.0 = as costly)")
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
