@@ -35,8 +35,9 @@ FLOOR_REWRITE = (
     "UPDATE public.ota_groups SET provision_secret_ciphertext = provision_secret_ciphertext || ''::bytea"
     " WHERE provision_secret_ciphertext IS NOT NULL"
 )
-# The session setting that turns the audit record of each read on or off; None skips that comparison.
-AUDIT_READS_SETTING: str | None = None  # "pyaccess.audit_reads" once main has it
+# The session setting that turns the audit record of each successful read on or off (sql/0.2.0/20_audit.sql);
+# None skips that comparison, for a database without it.
+AUDIT_READS_SETTING: str | None = "pyaccess.audit_reads"
 AUTOCOMMIT: dict[str, Any] = {"autocommit": True}
 FLOOR_GET_NAME = "get: plain SELECT of the ciphertext (floor)"
 FLOOR_STORE_NAME = "store: plain UPDATE of the ciphertext (floor)"
