@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = tuple(int(t) for t in args.threads.split(","))
     sizes = Sizes(args.rounds, args.block, args.warmup, threads, args.tp_calls, args.tp_rounds, args.rot_rounds,
               args.mem_calls)  # fmt: skip
-    started = time.monotonic()
+    started, load_before = time.monotonic(), os.getloadavg()
     with (
         tempfile.TemporaryDirectory(prefix="pyaccess-bench-") as tmp,
         bench_database(args.dsn) as dsn,
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "Python, psycopg": f"{platform.python_version()}, {psycopg.__version__}",
         "PostgreSQL": server_version.split(" on ", maxsplit=1)[0],
         "latency CPUs": pinning,
+        "load average (1 min) before / after": f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
     }
     tables = report.markdown(meta, [latency, tp, rot], growth)
     print(tables)
