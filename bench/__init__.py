@@ -1,1 +1,1 @@
-"""The side-by-side benchmark of pyaccess (``make bench``, i.e. ``python bench/run.py``); not part of the tests."""
+"""The side-by-side benchmark of pyaccess: ``make bench`` runs it whole, ``make test`` with tiny sizes."""
