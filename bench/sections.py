@@ -189,7 +189,7 @@ def _audit_variants(env: Env, stack: contextlib.ExitStack) -> list[Variant]:
     for value in ("off", "on"):
         conn = stack.enter_context(psycopg.connect(env.dsn, autocommit=True))
         conn.execute("SELECT pg_catalog.set_config(%s, %s, false)", (AUDIT_READS_SETTING, value))
-        name = f"get: sync function, {AUDIT_READS_SETTING} = {value}"
+        name = f"get: sync function, audit_reads {value}"
         get = _sync_get(conn, env.key_file)
         variants.append(Variant(name, variants[0].name if variants else name, get, _pid(conn)))
     return variants
