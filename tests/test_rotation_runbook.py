@@ -149,8 +149,8 @@ def test_rotation_runbook__whole_lifecycle_through_the_agent__service_never_rest
             admin.execute(
                 sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(ROLE_PASSWORD))
             )
-            for group in groups:
-                admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(role)))
+            for pyaccess_role in groups:
+                admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(pyaccess_role), sql.Identifier(role)))
         try:
             # Secrets at rest under the ADR key, which registers itself by the first store.
             idle = [new_group(admin) for _ in range(20)]

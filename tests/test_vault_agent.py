@@ -8,7 +8,9 @@ injector's default templates, re-rendering every second (tests/fix_vault.py).
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import os
 import re
 import statistics
@@ -147,11 +149,11 @@ def _render_all(vault: Vault, vault_agent: StartAgent, write: Callable[[], None]
     return agent
 
 
-def _rewrite(agent: Agent, write: Callable[[], None]) -> None:
+def _rewrite(agent: Agent, write: Callable[[], object]) -> None:
     before = {t.name: agent.file(t.name).read_text() for t in KV2_TEMPLATES}
     write()
     for t in KV2_TEMPLATES:
-        agent.wait_for(t.name, lambda text, old=before[t.name]: text != old, "re-rendered after the write")
+        agent.wait_for(t.name, functools.partial(operator.ne, before[t.name]), "re-rendered after the write")
 
 
 def test_hazard__previous_keys_stored_as_a_string_holding_a_json_list__understood(
