@@ -9,6 +9,7 @@ records and error trackers that record frame locals (sentry-sdk does by default)
 from __future__ import annotations
 
 import re
+import struct
 import weakref
 from typing import Any, ClassVar, Final
 
@@ -18,10 +19,11 @@ from psycopg.pq import Format
 
 from pyaccess.errors import InvalidSecretError
 
-__all__ = ["MAX_SECRET_BYTES", "Plaintext", "Redacted", "WireKeys", "prepare_adapters"]
+__all__ = ["MAX_SECRET_BYTES", "Plaintext", "Redacted", "WireKeyList", "WireKeys", "prepare_adapters"]
 
 MAX_SECRET_BYTES: Final = 4096
 _BYTEA_OID: Final = 17
+_BYTEA_ARRAY_OID: Final = 1001
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -49,6 +51,19 @@ class WireKeys(Redacted):
 
     __slots__ = ()
     kind = "keys"
+
+
+class WireKeyList(Redacted):
+    """Several key entries as one binary ``bytea[]`` parameter (a rotation batch), encoded once, never shown."""
+
+    __slots__ = ()
+    kind = "key list"
+
+    @classmethod
+    def of(cls, entries: list[bytes]) -> WireKeyList:
+        # PostgreSQL's binary array: ndim, has-nulls, element type, (length, lower bound), then each element.
+        header = struct.pack("!iiIii", 1, 0, _BYTEA_OID, len(entries), 1)
+        return cls(header + b"".join(struct.pack("!i", len(entry)) + entry for entry in entries))
 
 
 class Plaintext(Redacted):
@@ -96,6 +111,10 @@ class _RedactedDumper(Dumper):
         return payload
 
 
+class _RedactedListDumper(_RedactedDumper):
+    oid = _BYTEA_ARRAY_OID
+
+
 _prepared: weakref.WeakSet[psycopg.Connection[Any] | psycopg.AsyncConnection[Any]] = weakref.WeakSet()
 
 
@@ -103,4 +122,5 @@ def prepare_adapters(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any
     """Teach ``conn`` to send :class:`Redacted` values as binary ``bytea`` (once per connection)."""
     if conn not in _prepared:
         conn.adapters.register_dumper(Redacted, _RedactedDumper)
+        conn.adapters.register_dumper(WireKeyList, _RedactedListDumper)
         _prepared.add(conn)

@@ -12,6 +12,7 @@ Rotation also converts 0.1.0's envelopes (v1) to v2.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,8 +25,8 @@ from pyaccess import queries
 from pyaccess.errors import PyAccessError, SecretIntegrityError, WrongKeyError, translate_errors
 from pyaccess.execution import Statement, Steps, guard_session, run
 from pyaccess.keyfile import KeyFilePath, load_key_ring
-from pyaccess.keys import KeyRing
-from pyaccess.redacted import WireKeys
+from pyaccess.keys import Key, KeyRing
+from pyaccess.redacted import WireKeyList
 
 __all__ = ["CensusEntry", "RotationReport", "key_census", "register_key", "retire_key", "rotate"]
 
@@ -100,18 +101,22 @@ def retire_key(conn: psycopg.Connection[Any], key_id: str) -> None:
 
 
 def _rewrap(todo: list[tuple[Any, ...]], ring: KeyRing) -> Steps[list[tuple[Any, ...]]]:
-    """One batch: each row's old pair (v1 or v2) and new v2 pair, derived here from the key file."""
-    group_ids, old, new = [], [], []
+    """One batch: each row's old pair (v1 or v2) and new v2 pair, derived here from the key file.
+
+    Every row is checked before any pair is derived, and the pairs go straight into redacted
+    lists: no frame on an error's traceback holds one.
+    """
+    batch: list[tuple[uuid.UUID, int, Key]] = []
     for gid, version, key_id in todo:
         key = ring.find(bytes(key_id))
         if version not in (1, 2):
             raise SecretIntegrityError(f"the provision secret of OTA group {gid} is malformed or of an unknown format")
         if key is None:
             raise WrongKeyError(f"OTA group {gid} is sealed under key id {bytes(key_id).hex()}, not in the key file")
-        group_ids.append(gid)
-        old.append(WireKeys(bytes([version]) + key.id_bytes + key.pair(version, gid)))
-        new.append(WireKeys(ring.current.pair(2, gid)))
-    rows = yield Statement(queries.REWRAP, (group_ids, old, new, ring.current.id_bytes))
+        batch.append((gid, version, key))
+    old = WireKeyList.of([bytes([version]) + key.id_bytes + key.pair(version, gid) for gid, version, key in batch])
+    new = WireKeyList.of([ring.current.pair(2, gid) for gid, _, _ in batch])
+    rows = yield Statement(queries.REWRAP, ([gid for gid, _, _ in batch], old, new, ring.current.id_bytes))
     return rows
 
 
