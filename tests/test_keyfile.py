@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import stat
-import subprocess
 import tempfile
 import threading
 import traceback
@@ -39,6 +37,7 @@ from pyaccess.keyfile import (
     resolve_key_file,
     write_new_key_file,
 )
+from tests.fix_vault import adr_key_output
 
 NOBODY = 65534
 CANARY = "canary-not-a-key-7Q3zX"  # other file content that must never be shown
@@ -55,25 +54,6 @@ def _write(path: Path, content: str | bytes) -> Path:
     return path
 
 
-def _openssl_output() -> str:
-    """The whole stdout of ``openssl enc -aes-256-cbc -k secret -P -md sha1``: lines salt=, key=, iv =."""
-    openssl = shutil.which("openssl")
-    if openssl is not None:
-        done = subprocess.run(
-            [openssl, "enc", "-aes-256-cbc", "-k", "secret", "-P", "-md", "sha1"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return done.stdout
-    # A real sample of that command's output (openssl 3), for machines without the binary.
-    return (
-        "salt=9521B51F29001658\n"
-        "key=482AF98132CE009E79DE44350355D7AD31642C428A6941CDF9CB466B3C955C7C\n"
-        "iv =AF3CE71784B55CDCB02862A0DC53BE60\n"
-    )
-
-
 def _openssl_key(output: str) -> str:
     (line,) = [line for line in output.splitlines() if line.startswith("key=")]
     key = line.removeprefix("key=").strip()
@@ -82,7 +62,7 @@ def _openssl_key(output: str) -> str:
 
 
 def test_openssl_output_has_the_expected_shape() -> None:
-    output = _openssl_output()
+    output = adr_key_output()
     lines = output.splitlines()
     assert [line.split("=")[0] for line in lines] == ["salt", "key", "iv "]
     _openssl_key(output)
@@ -138,18 +118,18 @@ def _json_empty_previous_keys() -> Case:
 
 
 def _json_openssl_output() -> Case:
-    output = _openssl_output()
+    output = adr_key_output()
     return json.dumps({"key": output}), _openssl_key(output).lower(), []
 
 
 def _json_openssl_output_in_previous_keys() -> Case:
     k = new_hex()
-    output = _openssl_output()
+    output = adr_key_output()
     return json.dumps({"key": k, "previous_keys": [output]}), k, [_openssl_key(output).lower()]
 
 
 def _bare_openssl_output() -> Case:
-    output = _openssl_output()
+    output = adr_key_output()
     return output, _openssl_key(output).lower(), []
 
 
@@ -209,7 +189,7 @@ def _json_injector_default_kv2() -> Case:
 
 
 def _json_injector_default_kv2_openssl_output() -> Case:
-    output = _openssl_output()
+    output = adr_key_output()
     return json.dumps({"data": {"key": output}, "metadata": KV2_METADATA_JSON}) + "\n", _openssl_key(output).lower(), []
 
 
@@ -226,7 +206,7 @@ def _json_previous_keys_string_holding_a_json_list() -> Case:
 
 def _json_previous_keys_string_holding_an_openssl_output_raw() -> Case:
     # previous_keys='["<openssl output>"]' typed in a shell: real newlines inside the JSON string
-    k, output = new_hex(), _openssl_output()
+    k, output = new_hex(), adr_key_output()
     return json.dumps({"key": k, "previous_keys": f'["{output}"]'}), k, [_openssl_key(output).lower()]
 
 
@@ -262,7 +242,7 @@ def _kv2_agent_default_previous_keys_string_one_key() -> Case:
 
 def _kv2_agent_default_openssl_outputs() -> Case:
     # the ADR's key, and a previous list holding an openssl output and a hex key
-    current, old, p = _openssl_output(), _openssl_output(), new_hex()
+    current, old, p = adr_key_output(), adr_key_output(), new_hex()
     content = f"data: map[key:{current} previous_keys:[{old} {p}]]\n{KV2_METADATA}\n"
     return content, _openssl_key(current).lower(), [_openssl_key(old).lower(), p]
 
@@ -278,7 +258,7 @@ def _kv1_agent_default_previous_keys() -> Case:
 
 
 def _kv1_agent_default_openssl_outputs() -> Case:
-    current, old = _openssl_output(), _openssl_output()
+    current, old = adr_key_output(), adr_key_output()
     return f"key: {current}\nprevious_keys: [{old}]\n", _openssl_key(current).lower(), [_openssl_key(old).lower()]
 
 
@@ -470,7 +450,7 @@ def _problems() -> dict[str, Problem]:
         "kv1-key-like-value-outside-key-and-previous-keys": _problem(f"key: {k}\nold_key: {p}\n", [k, p], "key-like"),
         "kv1-previous-keys-not-keys": _problem(f"key: {k}\nprevious_keys: [{p} {CANARY}]\n", [k, p, CANARY], "hex"),
         "kv1-field-twice": _problem(f"key: {k}\nkey: {p}\n", [k, p], "twice"),
-        "two-openssl-outputs": _problem(_openssl_output() + _openssl_output(), [], "key-like"),
+        "two-openssl-outputs": _problem(adr_key_output() + adr_key_output(), [], "key-like"),
         "previous-keys-an-object": _problem(json.dumps({"key": k, "previous_keys": {"a": p}}), [k, p], "previous_keys"),
         "previous-key-63-hex-digits": _problem(
             json.dumps({"key": k, "previous_keys": [p[:63]]}), [k, p[:63]], "previous_keys"
@@ -987,7 +967,7 @@ def _load_raising_where_it_reads(path: Path) -> object:
 def _malformed() -> dict[str, tuple[str, list[str]]]:
     """A malformed file -> (content, what must never be recorded: the keys in it and other content)."""
     k, p = new_hex(), new_hex()
-    output = _openssl_output()
+    output = adr_key_output()
     return {
         "previous-keys-typo": (json.dumps({"key": k, "previous_keys": f"{p},{k}", "note": CANARY}), [k, p, CANARY]),
         "truncated-json-render": (json.dumps({"key": k, "previous_keys": [p]})[:-3], [k, p]),
@@ -1056,7 +1036,7 @@ def test_malformed_key_file__through_the_service_calls__sentry_records_no_conten
 
 
 def _mistaken_names() -> dict[str, str]:
-    output = _openssl_output()
+    output = adr_key_output()
     return {"64-hex-key": new_hex(), "openssl-output": output, "json-key-file-content": json.dumps({"key": new_hex()})}
 
 
