@@ -48,9 +48,14 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg_pool import ConnectionPool
 
+import pyaccess
+from pyaccess import execution
 from pyaccess.doctor import Check, run_checks
-from pyaccess.keyfile import write_new_key_file
+from pyaccess.execution import GuardMode
+from pyaccess.keyfile import load_key_ring, write_new_key_file
+from pyaccess.provision import get_with_ring
 from tests.fix_clusters import (
     PYACCESS_ROLES,
     SERVICE,
@@ -402,3 +407,48 @@ def test_migration__grants_set_on_the_extensions_switches_even_where_they_are_no
             (list(PYACCESS_ROLES),),
         ).fetchall()
     assert [g for g in grants if not g[2]] == []
+
+
+# =========================================================================== a pool that resets sessions
+
+
+def test_pool_resetting_sessions__provision_secrets_logs_nothing__where_a_call_sent_alone_would(
+    leaky: PgServer, tmp_path: Path
+) -> None:
+    """Issue 11: a pool's reset hook runs DISCARD ALL or RESET ALL between two borrowings of a connection."""
+
+    key_file = tmp_path / "key.json"
+    key_file.write_text(f'{{"key": "{MASTER.hex()}"}}')
+    secrets = pyaccess.ProvisionSecrets(key_file=key_file)
+
+    def foreign_reset(conn: Conn) -> None:
+        conn.execute("RESET ALL")
+
+    with leaky.system({"log_statement": "all"}):
+        for reset in (secrets.reset, foreign_reset):
+            group = leaky.new_group()
+            secret = canary_text()
+            canaries = key_canaries(MASTER, group) + Canaries((("secret", secret.encode()),))
+            kwargs: dict[str, Any] = {"autocommit": True}
+            with ConnectionPool(
+                leaky.dsn(SERVICE), kwargs=kwargs, configure=secrets.configure, reset=reset, min_size=1, max_size=1
+            ) as pool:
+                secrets.pool = pool
+                mark = leaky.log.mark()
+                for _ in range(3):  # each borrowing follows a reset
+                    secrets.store(group, secret)
+                    assert secrets.get(group) == secret
+                log = leaky.log.since(mark)
+                assert "pyaccess.open" in log, "statement logging was on"
+                assert not canaries.found_in(log), (reset, canaries.found_in(log))
+
+                # Control: the same borrowed connection, sent alone as if still guarded (0.1.0's bookkeeping).
+                with pool.connection() as conn:
+                    conn.execute("SELECT pyaccess.guard(pyaccess.release())")
+                    pyaccess.forget(conn)
+                    execution._mark(conn)  # the client believes the session guarded
+                    conn.execute("RESET ALL")
+                    mark = leaky.log.mark()
+                    with pytest.raises(pyaccess.ParameterLoggingError):
+                        get_with_ring(conn, group, load_key_ring(key_file), GuardMode.ONCE)
+                    assert key_canaries(MASTER, group).found_in(leaky.log.since(mark)), "the control leaks"
