@@ -22,8 +22,9 @@ retries that call once.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 __all__ = ["AsyncProvisionSecrets", "ProvisionSecrets"]
+
+T = TypeVar("T")
 
 
 def _forget_prepared(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
@@ -108,28 +111,23 @@ class ProvisionSecrets(_Base):
         if conn is not None:
             provision.store_with_ring(conn, group_id, plaintext, ring, self.guard)
             return
-        for attempt in (1, 2):
-            with self._pool().connection() as pooled:
-                try:
-                    provision.store_with_ring(pooled, group_id, plaintext, ring, self._pooled_mode(self.pool))
-                    return
-                except ParameterLoggingError:
-                    if attempt == 2:
-                        raise
+        self._on_pool(lambda pooled, mode: provision.store_with_ring(pooled, group_id, plaintext, ring, mode))
 
     def get(self, group_id: uuid.UUID | str, *, conn: psycopg.Connection[Any] | None = None) -> str:
         """Read a secret: on ``conn`` if given, else on a pooled connection."""
         ring = load_key_ring(self.key_file)
         if conn is not None:
             return provision.get_with_ring(conn, group_id, ring, self.guard)
-        for attempt in (1, 2):
+        return self._on_pool(lambda pooled, mode: provision.get_with_ring(pooled, group_id, ring, mode))
+
+    def _on_pool(self, call: Callable[[psycopg.Connection[Any], GuardMode], T]) -> T:
+        """``call`` on a pooled connection; once more on another borrowing if the server found it unguarded."""
+        try:
             with self._pool().connection() as pooled:
-                try:
-                    return provision.get_with_ring(pooled, group_id, ring, self._pooled_mode(self.pool))
-                except ParameterLoggingError:
-                    if attempt == 2:
-                        raise
-        raise AssertionError("unreachable")
+                return call(pooled, self._pooled_mode(self.pool))
+        except ParameterLoggingError:  # the guard was lost (forgotten by now): the next borrowing guards again
+            with self._pool().connection() as pooled:
+                return call(pooled, self._pooled_mode(self.pool))
 
     def _pool(self) -> ConnectionPool[Any]:
         if self.pool is None:
@@ -178,28 +176,23 @@ class AsyncProvisionSecrets(_Base):
         if conn is not None:
             await aio.store_with_ring(conn, group_id, plaintext, ring, self.guard)
             return
-        for attempt in (1, 2):
-            async with self._pool().connection() as pooled:
-                try:
-                    await aio.store_with_ring(pooled, group_id, plaintext, ring, self._pooled_mode(self.pool))
-                    return
-                except ParameterLoggingError:
-                    if attempt == 2:
-                        raise
+        await self._on_pool(lambda pooled, mode: aio.store_with_ring(pooled, group_id, plaintext, ring, mode))
 
     async def get(self, group_id: uuid.UUID | str, *, conn: psycopg.AsyncConnection[Any] | None = None) -> str:
         """Read a secret: on ``conn`` if given, else on a pooled connection."""
         ring = load_key_ring(self.key_file)
         if conn is not None:
             return await aio.get_with_ring(conn, group_id, ring, self.guard)
-        for attempt in (1, 2):
+        return await self._on_pool(lambda pooled, mode: aio.get_with_ring(pooled, group_id, ring, mode))
+
+    async def _on_pool(self, call: Callable[[psycopg.AsyncConnection[Any], GuardMode], Awaitable[T]]) -> T:
+        """:meth:`ProvisionSecrets._on_pool` for asyncio."""
+        try:
             async with self._pool().connection() as pooled:
-                try:
-                    return await aio.get_with_ring(pooled, group_id, ring, self._pooled_mode(self.pool))
-                except ParameterLoggingError:
-                    if attempt == 2:
-                        raise
-        raise AssertionError("unreachable")
+                return await call(pooled, self._pooled_mode(self.pool))
+        except ParameterLoggingError:
+            async with self._pool().connection() as pooled:
+                return await call(pooled, self._pooled_mode(self.pool))
 
     def _pool(self) -> AsyncConnectionPool[Any]:
         if self.pool is None:
