@@ -19,9 +19,9 @@ import contextlib
 import enum
 import threading
 import weakref
-from collections.abc import Generator, Iterator
-from dataclasses import dataclass
-from typing import Any, Generic, LiteralString, TypeVar
+from collections.abc import Generator
+from types import TracebackType
+from typing import Any, Generic, LiteralString, NamedTuple, TypeVar
 
 import psycopg
 from psycopg import pq
@@ -43,8 +43,7 @@ class GuardMode(enum.StrEnum):
     EVERY_CALL = "every-call"
 
 
-@dataclass(frozen=True)
-class Statement:
+class Statement(NamedTuple):
     """One statement of a call, and its parameters (keys and secrets inside :class:`~pyaccess.redacted.Redacted`)."""
 
     query: LiteralString
@@ -93,8 +92,7 @@ def _translated(conn: AnyConnection, exc: psycopg.Error) -> Exception:
     return error
 
 
-@dataclass(frozen=True)
-class _Send:
+class _Send(NamedTuple):
     """One round trip: statements sent together, in a transaction of their own or in one pipeline."""
 
     statements: tuple[Statement, ...]
@@ -151,13 +149,29 @@ class _Call(Generic[T]):
             raise
 
 
-@contextlib.contextmanager
-def _translating(conn: AnyConnection) -> Iterator[None]:
-    """psycopg errors become :class:`~pyaccess.PyAccessError`; a session whose guard was lost is forgotten."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        raise _translated(conn, exc) from exc
+class _Translating:
+    """psycopg errors become :class:`~pyaccess.PyAccessError`; a session whose guard was lost is forgotten.
+
+    A class, not a generator: it runs on every call.
+    """
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: AnyConnection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(exc, psycopg.Error):
+            raise _translated(self.conn, exc) from exc
+
+
+def _has_rows(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> bool:
+    # (not cursor.description: it builds the column objects, on every call)
+    result = cursor.pgresult
+    return result is not None and result.status == pq.ExecStatus.TUPLES_OK
 
 
 # The two drivers: the only code that differs between sync and async is the await.
@@ -168,7 +182,7 @@ def _send(conn: psycopg.Connection[Any], send: _Send) -> list[tuple[Any, ...]]:
     with _around(conn, send):
         for statement in send.statements:
             cursor.execute(statement.query, statement.params)
-    return cursor.fetchall() if cursor.description else []
+    return cursor.fetchall() if _has_rows(cursor) else []
 
 
 async def _send_async(conn: psycopg.AsyncConnection[Any], send: _Send) -> list[tuple[Any, ...]]:
@@ -176,13 +190,13 @@ async def _send_async(conn: psycopg.AsyncConnection[Any], send: _Send) -> list[t
     async with _around(conn, send):
         for statement in send.statements:
             await cursor.execute(statement.query, statement.params)
-    return await cursor.fetchall() if cursor.description else []
+    return await cursor.fetchall() if _has_rows(cursor) else []
 
 
 def run(conn: psycopg.Connection[Any], steps: Steps[T], mode: GuardMode = GuardMode.ONCE) -> T:
     """Run ``steps`` on ``conn`` behind the log guard; psycopg errors become :class:`PyAccessError`."""
     call = _Call(conn, steps, mode)
-    with _translating(conn):
+    with _Translating(conn):
         while not call.done:
             call.receive(_send(conn, call.next))
     return call.result
@@ -191,7 +205,7 @@ def run(conn: psycopg.Connection[Any], steps: Steps[T], mode: GuardMode = GuardM
 async def run_async(conn: psycopg.AsyncConnection[Any], steps: Steps[T], mode: GuardMode = GuardMode.ONCE) -> T:
     """:func:`run` for an :class:`psycopg.AsyncConnection`."""
     call = _Call(conn, steps, mode)
-    with _translating(conn):
+    with _Translating(conn):
         while not call.done:
             call.receive(await _send_async(conn, call.next))
     return call.result
@@ -199,13 +213,13 @@ async def run_async(conn: psycopg.AsyncConnection[Any], steps: Steps[T], mode: G
 
 def guard_session(conn: psycopg.Connection[Any]) -> None:
     """Guard an idle connection for its whole session (a pool's ``configure`` hook may call this)."""
-    with _translating(conn):
+    with _Translating(conn):
         _send(conn, _GUARD_SESSION)
     _mark(conn)
 
 
 async def guard_session_async(conn: psycopg.AsyncConnection[Any]) -> None:
     """:func:`guard_session` for an :class:`psycopg.AsyncConnection`."""
-    with _translating(conn):
+    with _Translating(conn):
         await _send_async(conn, _GUARD_SESSION)
     _mark(conn)
