@@ -16,6 +16,7 @@ SEAL: Final[LiteralString] = "SELECT pyaccess.seal(%s::pg_catalog.uuid, %b::pg_c
 OPEN: Final[LiteralString] = (
     "SELECT version, secret FROM pyaccess.open(%s::pg_catalog.uuid, %b::pg_catalog.bytea, %s::pg_catalog.int4)"
 )
+REFUSE_MISSING_GROUP: Final[LiteralString] = "SELECT pyaccess.refuse_missing_group(%s::pg_catalog.uuid)"
 CENSUS: Final[LiteralString] = "SELECT key_id, version, state, secrets FROM pyaccess.census()"
 REGISTER_KEY: Final[LiteralString] = "SELECT pyaccess.register_key(%b::pg_catalog.bytea)"
 RETIRE_KEY: Final[LiteralString] = "SELECT pyaccess.retire_key(%b::pg_catalog.bytea)"
@@ -25,7 +26,7 @@ REWRAP_TODO: Final[LiteralString] = (
 )
 REWRAP: Final[LiteralString] = (
     "SELECT group_id, old_key_id, old_version FROM pyaccess.rewrap("
-    "%s::pg_catalog.uuid[], %b::pg_catalog.bytea[], %b::pg_catalog.bytea[], %b::pg_catalog.bytea)"
+    "%b::pg_catalog.uuid[], %b::pg_catalog.bytea[], %b::pg_catalog.bytea[], %b::pg_catalog.bytea)"
 )
 LOG_EXPOSURE: Final[LiteralString] = (
     "SELECT path, setting, safe_value, logs_values, can_pin, detail FROM pyaccess.log_exposure()"

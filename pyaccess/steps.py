@@ -55,7 +55,12 @@ def get(group_id: object, ring: KeyRing) -> Steps[str]:
     gid = check_group_id(group_id)
     version = 2
     for _ in range(_READ_ATTEMPTS):
-        ((found, secret),) = yield Statement(queries.OPEN, (gid, ring.wire_keys(gid, version), version))
+        rows = yield Statement(queries.OPEN, (gid, ring.wire_keys(gid, version), version))
+        if not rows:  # no such group: the server says so (and records the refusal), or it exists by now
+            yield Statement(queries.REFUSE_MISSING_GROUP, (gid,))
+            continue
+        ((found, secret),) = rows
+        del rows
         if secret is not None:
             text = utf8_or_none(secret)
             del secret  # no frame on an error's traceback holds the secret

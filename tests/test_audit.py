@@ -134,6 +134,7 @@ def raises(sqlstate: str, conn: Conn, query: Any, params: tuple[Any, ...] = ()) 
 
 
 OPEN = "SELECT secret FROM pyaccess.open(%s, %b, 2)"
+REFUSE_MISSING_GROUP = "SELECT pyaccess.refuse_missing_group(%s)"
 WHERE = ["primary", "standby"]
 
 
@@ -184,8 +185,13 @@ def test_read_refused__one_record_whatever_audit_reads_says(audited: Audited, wh
         "PA006": (audited.tampered, ring([MASTER], audited.tampered), key_id(MASTER).hex()),
     }[code]
     with session(server) as svc:
+        if code == "PA003":  # no row from pyaccess.open; the library then asks why, as here
+            assert svc.execute(OPEN, (group, keys)).fetchall() == []
+            refusal = raises(code, svc, REFUSE_MISSING_GROUP, (group,))
+        else:
+            refusal = raises(code, svc, OPEN, (group, keys))
         one_record(
-            server, raises(code, svc, OPEN, (group, keys)), audited.canaries,
+            server, refusal, audited.canaries,
             event="read", outcome=f"refused {code}", group_id=str(group), key_id=key, role=SERVICE,
         )  # fmt: skip
 

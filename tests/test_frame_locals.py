@@ -420,6 +420,7 @@ SEAL_WITH_TEXT: Any = (
     " pg_catalog.convert_to(%s::pg_catalog.text, 'UTF8'), %b::pg_catalog.bytea)"
 )
 OPEN_PLAIN: Any = "SELECT version, secret FROM pyaccess.open(%s::pg_catalog.uuid, %b::pg_catalog.bytea, 2)"
+REFUSE_MISSING_GROUP_PLAIN: Any = "SELECT pyaccess.refuse_missing_group(%s::pg_catalog.uuid)"
 
 
 def plain(dsn: str, *, guarded: bool = True) -> Conn:
@@ -439,8 +440,14 @@ def control_store(tracker: Tracker, conn: Conn, group: object, secret: str, keys
 
 
 def control_get(tracker: Tracker, conn: Conn, group: object, keys: bytes) -> Failure:
-    """pyaccess.open through plain psycopg: the key ring plain bytes."""
-    failure = fails(tracker, lambda: conn.execute(OPEN_PLAIN, (group, keys)).fetchall())
+    """pyaccess.open through plain psycopg, asking why where it gives no row, as the library does: the key
+    ring plain bytes."""
+
+    def naive_get() -> None:
+        if not conn.execute(OPEN_PLAIN, (group, keys)).fetchall():
+            conn.execute(REFUSE_MISSING_GROUP_PLAIN, (group,))
+
+    failure = fails(tracker, naive_get)
     if not conn.closed:
         conn.rollback()
     return failure
@@ -760,9 +767,11 @@ def test_unknown_group__store_and_get(api: type[Api], tracker: Tracker, db: str,
             "secret",
             pair_name(key_file, unknown),
         )
+        # (no row, then the refusal, which carries no key: the naive caller's own frame holds the pair)
         assert_control_leaks(
-            control_get(tracker, naive, unknown, opening(key_file, unknown)), canaries, pair_name(key_file, unknown)
-        )
+            control_get(tracker, naive, unknown, opening(key_file, unknown)), canaries, pair_name(key_file, unknown),
+            holder="test_frame_locals.naive_get",
+        )  # fmt: skip
 
     with api(tracker, db, key_file) as calls:
         assert_clean(calls.fail_store(unknown, valid_secret), canaries, pyaccess.GroupNotFoundError)

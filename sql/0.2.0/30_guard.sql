@@ -200,15 +200,6 @@ END
 $$;
 SELECT pyaccess._declare('pyaccess._refuse_unguarded()', 'provision_secret_reader,provision_secret_writer,provision_secret_rotator');
 
--- pyaccess._refuse_unguarded() where a bytea is expected (a CASE branch of pyaccess.open).
-CREATE OR REPLACE FUNCTION pyaccess._refuse_unguarded_read()
-RETURNS bytea
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT NULL::bytea WHERE pyaccess._refuse_unguarded();
-END;
-SELECT pyaccess._declare('pyaccess._refuse_unguarded_read()', 'provision_secret_reader');
-
 -- =====================================================================
 -- 0.1.0's entry points (kept until a later contract step: pods of 0.1.0 call them)
 -- =====================================================================

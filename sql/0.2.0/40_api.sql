@@ -33,10 +33,13 @@ BEGIN ATOMIC
 END;
 SELECT pyaccess._declare('pyaccess._ring_ids(bytea)', 'provision_secret_reader');
 
--- Raises the error for an envelope that cannot be opened with p_keys, checked in this order:
--- PA001 bad key ring, PA003 no group, PA004 no secret, PA006 malformed, PA005 key not given,
+-- What a read that pyaccess.open could not serve gets: NULL when the envelope is of another
+-- version than p_version and the ring is well formed (the caller asks again with pairs of that
+-- version), else the error, checked in this order: PA007 session not guarded, PA003 no group
+-- (p_found false), PA001 bad key ring, PA004 no secret, PA006 malformed, PA005 key not given,
 -- PA006 tag wrong (altered, or copied from another group).
-CREATE OR REPLACE FUNCTION pyaccess._refuse_open(p_group_id uuid, p_found boolean, p_envelope bytea, p_keys bytea)
+CREATE OR REPLACE FUNCTION pyaccess._refuse_open(p_group_id uuid, p_found boolean, p_envelope bytea, p_keys bytea,
+                                                 p_version integer)
 RETURNS bytea
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -44,17 +47,21 @@ AS $$
 DECLARE
     v_key_id bytea := pyaccess._envelope_key_id(p_envelope);
 BEGIN
-    IF NOT pyaccess._ring_ok(p_keys) THEN
-        RETURN pyaccess._fail('read', 'PA001', p_group_id, NULL,
-            'the keys must be one or more 72-byte entries: 8-byte key ids, then the 64-byte pairs');
+    IF NOT pyaccess._guarded() THEN
+        PERFORM pyaccess._refuse_unguarded();
     ELSIF NOT p_found THEN
         RETURN pyaccess._fail('read', 'PA003', p_group_id, NULL, pg_catalog.format('no OTA group with id %s', p_group_id));
+    ELSIF NOT pyaccess._ring_ok(p_keys) THEN
+        RETURN pyaccess._fail('read', 'PA001', p_group_id, NULL,
+            'the keys must be one or more 72-byte entries: 8-byte key ids, then the 64-byte pairs');
     ELSIF p_envelope IS NULL THEN
         RETURN pyaccess._fail('read', 'PA004', p_group_id, NULL,
             pg_catalog.format('OTA group %s has no provision secret stored', p_group_id));
     ELSIF pyaccess._envelope_version(p_envelope) IS NULL THEN
         RETURN pyaccess._fail('read', 'PA006', p_group_id, NULL, pg_catalog.format(
             'the provision secret of OTA group %s is malformed or of an unknown format', p_group_id));
+    ELSIF pyaccess._envelope_version(p_envelope) IS DISTINCT FROM p_version THEN
+        RETURN NULL;
     ELSIF pyaccess._pick(p_keys, v_key_id) IS NULL THEN
         RETURN pyaccess._fail('read', 'PA005', p_group_id, v_key_id, pg_catalog.format(
             'the provision secret of OTA group %s was encrypted under key id %s, not under the given key ids %s',
@@ -66,44 +73,57 @@ BEGIN
         p_group_id));
 END
 $$;
-SELECT pyaccess._declare('pyaccess._refuse_open(uuid,boolean,bytea,bytea)', 'provision_secret_reader');
+SELECT pyaccess._declare('pyaccess._refuse_open(uuid,boolean,bytea,bytea,integer)', 'provision_secret_reader');
 
 -- =====================================================================
 -- Reading
 -- =====================================================================
 
 -- The service's read: the secret of OTA group p_group_id if its envelope is of version
--- p_version and sealed under a key of p_keys, on a guarded session (PA007 otherwise).
--- Another version: that version and a NULL secret (the caller asks again with pairs of
--- that version). SECURITY INVOKER with a SQL-standard body, called in FROM: PostgreSQL
--- inlines it into the calling statement. The caller needs SELECT on ota_groups (id,
+-- p_version and sealed under a key of p_keys, on a guarded session. Another version: that
+-- version and a NULL secret (the caller asks again with pairs of that version). No group with
+-- that id: no row (the caller then calls pyaccess.refuse_missing_group). Any other failure
+-- raises: PA001 PA004 PA005 PA006 PA007.
+--
+-- Built for the hot path: SECURITY INVOKER with a SQL-standard body, called in FROM, so
+-- PostgreSQL inlines it into the calling statement; one condition for success, and every other
+-- case in a plpgsql function that runs only then. The caller needs SELECT on ota_groups (id,
 -- provision_secret_ciphertext): the ciphertext, which is all a reader gets.
--- Errors: PA001 PA003 PA004 PA005 PA006 PA007.
 CREATE OR REPLACE FUNCTION pyaccess.open(p_group_id uuid, p_keys bytea, p_version integer)
 RETURNS TABLE (version integer, secret bytea)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
     SELECT o.version,
            -- (COALESCE: AND goes on past a NULL, and _authentic must not see a malformed envelope)
-           CASE WHEN NOT pyaccess._guarded()
-                THEN pyaccess._refuse_unguarded_read()
-                WHEN COALESCE(o.version = p_version, false) AND o.pair IS NOT NULL
+           CASE WHEN pyaccess._guarded() AND COALESCE(o.version = p_version, false) AND o.pair IS NOT NULL
                      AND pyaccess._authentic(p_group_id, o.envelope, o.pair)
                      AND pyaccess._read_recorded(p_group_id, pyaccess._envelope_key_id(o.envelope))
                 THEN pyaccess._plaintext(o.envelope, o.pair)
-                WHEN o.version <> p_version AND pyaccess._ring_ok(p_keys)
-                THEN NULL
-                ELSE pyaccess._refuse_open(p_group_id, o.found, o.envelope, p_keys)
+                ELSE pyaccess._refuse_open(p_group_id, true, o.envelope, p_keys, p_version)
            END
-      FROM (SELECT g.id IS NOT NULL AS found,
-                   g.provision_secret_ciphertext AS envelope,
+      FROM (SELECT g.provision_secret_ciphertext AS envelope,
                    pyaccess._envelope_version(g.provision_secret_ciphertext) AS version,
                    pyaccess._pick(p_keys, pyaccess._envelope_key_id(g.provision_secret_ciphertext)) AS pair
-              FROM (VALUES (1)) AS one (x)
-              LEFT JOIN public.ota_groups AS g ON g.id = p_group_id
+              FROM public.ota_groups AS g
+             WHERE g.id = p_group_id
             OFFSET 0) AS o;  -- (not pulled up: each column is computed once, not once per use)
 END;
 SELECT pyaccess._declare('pyaccess.open(uuid,bytea,integer)', 'provision_secret_reader');
+
+-- Why pyaccess.open gave no row: raises PA003 (recorded), or PA007 first on a session that is
+-- not guarded. Returns when the group exists by now (created since): the caller reads again.
+CREATE OR REPLACE FUNCTION pyaccess.refuse_missing_group(p_group_id uuid)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT pyaccess._guarded() OR NOT EXISTS (SELECT FROM public.ota_groups AS g WHERE g.id = p_group_id) THEN
+        PERFORM pyaccess._refuse_open(p_group_id, false, NULL, NULL, NULL);
+    END IF;
+END
+$$;
+SELECT pyaccess._declare('pyaccess.refuse_missing_group(uuid)', 'provision_secret_reader');
 
 -- =====================================================================
 -- Writing
@@ -356,7 +376,7 @@ BEGIN
                     ELSE pyaccess._refuse_rewrap(todo.id, todo.envelope)
                END AS plaintext
           FROM todo
-    ), sealed AS (
+    ), sealed AS MATERIALIZED (  -- (else each row's body, and its encryption, is computed twice below)
         SELECT opened.id, opened.envelope, opened.new,
                pyaccess._body(2, p_key_id, opened.new, opened.iv, opened.plaintext) AS body
           FROM opened

@@ -99,6 +99,10 @@ BEGIN
     FOR attempt IN 1..3 LOOP  -- the envelope's version can change between two reads (a rotation)
         SELECT o.version, o.secret INTO v_found, v_secret
           FROM pyaccess.open($1, pyaccess._ring(v_version, $2, $1), v_version) AS o;
+        IF NOT FOUND THEN
+            PERFORM pyaccess.refuse_missing_group($1);  -- raises, unless the group was created since
+            CONTINUE;
+        END IF;
         IF v_secret IS NOT NULL THEN
             RETURN pyaccess._as_text($1, v_secret);
         END IF;

@@ -1,6 +1,7 @@
 -- pyaccess pgTAP: the service API, which never sees a master key: pyaccess.guard, then
 -- pyaccess.seal(group, secret bytes, id || pair) as a writer and
--- pyaccess.open(group, ids || pairs, version) as a reader, with each SQLSTATE.
+-- pyaccess.open(group, ids || pairs, version) as a reader, with each SQLSTATE (and
+-- pyaccess.refuse_missing_group for the group it found no row for).
 --
 -- Run against a migrated database, as a superuser:
 --     pg_prove -d DB --ext .sql tests/sql/
@@ -18,7 +19,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 
-SELECT plan(47);
+SELECT plan(51);
 
 -- K1, K2, K3 by name.
 CREATE FUNCTION pg_temp.k(p_name text)
@@ -213,15 +214,27 @@ SELECT throws_ok(
     $$ SELECT * FROM pyaccess.open('ffffffff-ffff-ffff-ffff-000000000604', '\x00'::bytea, 2) $$,
     'PA001', NULL, 'pyaccess.open checks the keys even where the envelope is of another version'
 );
--- PA003, PA004, PA005
-SELECT throws_ok(
+-- PA003: pyaccess.open gives no row for an unknown group; pyaccess.refuse_missing_group says why.
+SELECT is_empty(
     $$ SELECT * FROM pyaccess.open('ffffffff-ffff-ffff-ffff-0000000006ff',
                                    pg_temp.wire('ffffffff-ffff-ffff-ffff-0000000006ff', 2, 'K1'), 2) $$,
-    'PA003', NULL, 'pyaccess.open for an unknown group raises PA003'
+    'pyaccess.open for an unknown group gives no row'
 );
 SELECT throws_ok(
+    $$ SELECT pyaccess.refuse_missing_group('ffffffff-ffff-ffff-ffff-0000000006ff') $$,
+    'PA003', NULL, 'pyaccess.refuse_missing_group for an unknown group raises PA003'
+);
+SELECT is_empty(
     $$ SELECT * FROM pyaccess.open(NULL, pg_temp.wire('ffffffff-ffff-ffff-ffff-000000000601', 2, 'K1'), 2) $$,
-    'PA003', NULL, 'pyaccess.open for a NULL group id raises PA003'
+    'pyaccess.open for a NULL group id gives no row'
+);
+SELECT throws_ok(
+    $$ SELECT pyaccess.refuse_missing_group(NULL) $$,
+    'PA003', NULL, 'pyaccess.refuse_missing_group for a NULL group id raises PA003'
+);
+SELECT lives_ok(
+    $$ SELECT pyaccess.refuse_missing_group('ffffffff-ffff-ffff-ffff-000000000601') $$,
+    'pyaccess.refuse_missing_group returns for a group that exists (created since pyaccess.open looked)'
 );
 SELECT throws_ok(
     $$ SELECT * FROM pyaccess.open('ffffffff-ffff-ffff-ffff-000000000603',
@@ -264,8 +277,12 @@ SELECT throws_ok(
     'PA007', NULL, 'pyaccess.open on a session that is not guarded raises PA007'
 );
 SELECT throws_ok(
-    $$ SELECT * FROM pyaccess.open('ffffffff-ffff-ffff-ffff-0000000006ff', NULL, 2) $$,
+    $$ SELECT * FROM pyaccess.open('ffffffff-ffff-ffff-ffff-000000000601', NULL, 2) $$,
     'PA007', NULL, 'PA007 comes before any other check of pyaccess.open'
+);
+SELECT throws_ok(
+    $$ SELECT pyaccess.refuse_missing_group('ffffffff-ffff-ffff-ffff-0000000006ff') $$,
+    'PA007', NULL, 'PA007 comes before PA003 in pyaccess.refuse_missing_group'
 );
 SELECT set_config('pyaccess.guarded', '2000-01-01 00:00:00+00', false);
 SELECT throws_ok(
