@@ -1136,9 +1136,11 @@ def _hijacked_service(db: str, login_role: Callable[..., str]) -> tuple[str, str
     return attacker, service
 
 
-def test_search_path_ahead_of_pg_catalog__nothing_planted_runs_as_the_owner(
+def _round_trip_as_hijacked_service(
     db: str, conn: Conn, login_role: Callable[..., str], key_file: Path
-) -> None:
+) -> tuple[uuid.UUID, str]:
+    """A new secret stored and read back as ``_hijacked_service``'s service role, whose sessions resolve names
+    in evil first. Returns the group and the secret."""
     _, service = _hijacked_service(db, login_role)
     gid = new_group(conn)
     secret = canary("secret")
@@ -1146,6 +1148,13 @@ def test_search_path_ahead_of_pg_catalog__nothing_planted_runs_as_the_owner(
         assert sc.execute("SHOW search_path").fetchone() == ("evil, pg_catalog, public",)
         pyaccess.store_provision_secret(sc, gid, secret, key_file=key_file)
         assert pyaccess.get_provision_secret(sc, gid, key_file=key_file) == secret
+    return gid, secret
+
+
+def test_search_path_ahead_of_pg_catalog__nothing_planted_runs_as_the_owner(
+    db: str, conn: Conn, login_role: Callable[..., str], key_file: Path
+) -> None:
+    gid, secret = _round_trip_as_hijacked_service(db, conn, login_role, key_file)
     row = conn.execute(
         "SELECT pg_catalog.pg_get_userbyid(proowner) FROM pg_catalog.pg_proc"
         " WHERE oid = 'public.store_provision_secret(uuid, text, bytea)'::regprocedure"
@@ -1164,12 +1173,7 @@ def test_search_path_ahead_of_pg_catalog__nothing_planted_runs_as_the_owner(
 def test_search_path_ahead_of_pg_catalog__planted_types_never_see_the_key(
     db: str, conn: Conn, login_role: Callable[..., str], key_file: Path
 ) -> None:
-    _, service = _hijacked_service(db, login_role)
-    gid = new_group(conn)
-    secret = canary("secret")
-    with connect_as(db, service) as sc:
-        pyaccess.store_provision_secret(sc, gid, secret, key_file=key_file)
-        assert pyaccess.get_provision_secret(sc, gid, key_file=key_file) == secret
+    _, secret = _round_trip_as_hijacked_service(db, conn, login_role, key_file)
     with psycopg.connect(db, autocommit=True) as admin:
         loot = "\n".join(str(r[0]) for r in admin.execute("SELECT loot FROM evil.calls").fetchall())
     assert Canaries((key_hex(key_file),), (secret,)).found_in(loot) == []
