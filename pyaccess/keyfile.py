@@ -33,6 +33,7 @@ import os
 import re
 import stat
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -220,33 +221,34 @@ def _from_json(data: object) -> tuple[list[Key], list[str]]:
     return keys, _strings_in(data)
 
 
-def _go_map_body(value: str) -> str:
-    """The inside of ``map[...]``, brackets balanced; refused when cut short."""
-    if not value.startswith("map["):
-        raise _Unreadable("agent rendering's 'data' is not a map")
+def _bracket_depths(text: str) -> Iterator[tuple[int, str, int]]:
+    """Each character of ``text`` with its position and the depth of ``[...]`` nesting just after it."""
     depth = 0
-    for position, char in enumerate(value):
+    for position, char in enumerate(text):
         if char == "[":
             depth += 1
         elif char == "]":
             depth -= 1
-            if depth == 0:
-                if value[position + 1 :].strip():
-                    raise _Unreadable("agent rendering has text after the 'data' map")
-                return value[4:position]
+        yield position, char, depth
+
+
+def _go_map_body(value: str) -> str:
+    """The inside of ``map[...]``, brackets balanced; refused when cut short."""
+    if not value.startswith("map["):
+        raise _Unreadable("agent rendering's 'data' is not a map")
+    for position, char, depth in _bracket_depths(value):
+        if char == "]" and depth == 0:
+            if value[position + 1 :].strip():
+                raise _Unreadable("agent rendering has text after the 'data' map")
+            return value[4:position]
     raise _Unreadable("agent rendering's 'data' map does not end (truncated?)")
 
 
 def _go_map_entries(body: str) -> dict[str, str]:
     """Go's fmt of ``map[string]interface{}``: ``name:value`` entries one space apart, at bracket depth 0."""
     starts: list[tuple[str, int, int]] = []  # name, where the entry starts, where its value starts
-    depth = 0
-    for position, char in enumerate(body):
-        if char == "[":
-            depth += 1
-        elif char == "]":
-            depth -= 1
-        elif depth == 0 and (position == 0 or body[position - 1].isspace()):
+    for position, char, depth in _bracket_depths(body):
+        if char not in "[]" and depth == 0 and (position == 0 or body[position - 1].isspace()):
             entry = _GO_ENTRY.match(body, position)
             if entry is not None:
                 starts.append((entry.group(1), position, entry.end()))

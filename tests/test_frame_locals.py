@@ -1033,12 +1033,42 @@ def _rewrap_entries(old_file: Path, new_file: Path, groups: list[uuid.UUID]) -> 
     )
 
 
-def control_rewrap(tracker: Tracker, conn: Conn, entries: tuple[Any, ...]) -> Failure:
-    """pyaccess.rewrap through plain psycopg: the old and new pairs plain bytes."""
+def control_rewrap(tracker: Tracker, conn: Conn, old_file: Path, new_file: Path, groups: list[uuid.UUID]) -> Failure:
+    """pyaccess.rewrap of ``groups`` from ``old_file``'s key to ``new_file``'s through plain psycopg: the old and
+    new pairs plain bytes."""
+    entries = _rewrap_entries(old_file, new_file, groups)
     failure = fails(tracker, lambda: conn.execute(queries.REWRAP, entries).fetchall())
     if not conn.closed:
         conn.rollback()
     return failure
+
+
+def control_rewrap_from_a_key_not_in_the_key_file(
+    tracker: Tracker, db: str, groups: list[uuid.UUID], key_file: Path, other_key_file: Path
+) -> Canaries:
+    """The control for secrets under a key the key file lacks: rewrapping from ``other_key_file``'s key (no key
+    id matches) to ``key_file``'s, retired, leaks the pair. Returns the canaries of both key files."""
+    canaries = Canaries.of([key_file, other_key_file], groups)
+    with plain(db) as naive:
+        naive.execute("SELECT pyaccess.retire_key(%b)", (load_key_ring(key_file).current.id_bytes,))
+        failure = control_rewrap(tracker, naive, other_key_file, key_file, groups)
+        assert_control_leaks(failure, canaries, pair_name(other_key_file, groups[0]))
+    return canaries
+
+
+def rotate_fails(
+    tracker: Tracker, dsn: str, key_file: Path, *, between_batches: Callable[[Conn], object] | None = None
+) -> Failure:
+    """The recorded failure of ``rotate`` with ``key_file`` on a new autocommit connection to ``dsn``; with
+    ``between_batches``, one secret a batch and ``between_batches(conn)`` after each."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if between_batches is None:
+            return fails(tracker, lambda: rotate(conn, key_file=key_file))
+
+        def after_batch(_: int) -> None:
+            between_batches(conn)
+
+        return fails(tracker, lambda: rotate(conn, key_file=key_file, batch_size=1, on_batch=after_batch))
 
 
 @pytest.fixture
@@ -1056,15 +1086,8 @@ def test_rotation__secrets_under_a_key_not_in_the_key_file(
     tracker: Tracker, db: str, rotation: tuple[list[uuid.UUID], Path], key_file: Path, other_key_file: Path
 ) -> None:
     groups, _ = rotation
-    canaries = Canaries.of([key_file, other_key_file], groups)
-    with plain(db) as naive:
-        # other_key_file as the old key: key id no match, then the same with a refused target key id
-        entries = _rewrap_entries(other_key_file, key_file, groups)
-        naive.execute("SELECT pyaccess.retire_key(%b)", (load_key_ring(key_file).current.id_bytes,))
-        assert_control_leaks(control_rewrap(tracker, naive, entries), canaries, pair_name(other_key_file, groups[0]))
-    with psycopg.connect(db, autocommit=True) as conn:
-        failure = fails(tracker, lambda: rotate(conn, key_file=other_key_file))
-    assert_clean(failure, canaries, pyaccess.WrongKeyError)
+    canaries = control_rewrap_from_a_key_not_in_the_key_file(tracker, db, groups, key_file, other_key_file)
+    assert_clean(rotate_fails(tracker, db, other_key_file), canaries, pyaccess.WrongKeyError)
 
 
 def test_rotation__altered_ciphertext(
@@ -1080,14 +1103,12 @@ def test_rotation__altered_ciphertext(
     canaries = Canaries.of([rotating], groups)
     with plain(db) as naive:
         assert_control_leaks(
-            control_rewrap(tracker, naive, _rewrap_entries(key_file, rotating, groups)),
+            control_rewrap(tracker, naive, key_file, rotating, groups),
             canaries,
             f"v2 pair {rotating.name}[1] {groups[1]}",
             f"v2 pair {rotating.name}[0] {groups[1]}",
         )
-    with psycopg.connect(db, autocommit=True) as conn2:
-        failure = fails(tracker, lambda: rotate(conn2, key_file=rotating))
-    assert_clean(failure, canaries, pyaccess.SecretIntegrityError)
+    assert_clean(rotate_fails(tracker, db, rotating), canaries, pyaccess.SecretIntegrityError)
 
 
 def test_rotation__dropped_connection_between_batches(
@@ -1098,15 +1119,11 @@ def test_rotation__dropped_connection_between_batches(
     with plain(db) as naive:
         kill(server, naive.info.backend_pid)
         assert_control_leaks(
-            control_rewrap(tracker, naive, _rewrap_entries(key_file, rotating, groups)),
+            control_rewrap(tracker, naive, key_file, rotating, groups),
             canaries,
             f"v2 pair {rotating.name}[1] {groups[0]}",
         )
-    with psycopg.connect(db, autocommit=True) as conn:
-        pid = conn.info.backend_pid
-        failure = fails(
-            tracker, lambda: rotate(conn, key_file=rotating, batch_size=1, on_batch=lambda _: kill(server, pid))
-        )
+    failure = rotate_fails(tracker, db, rotating, between_batches=lambda conn: kill(server, conn.info.backend_pid))
     # The next batch's BEGIN fails: a DatabaseError like any other lost connection.
     assert_clean(failure, canaries, pyaccess.DatabaseError)
 
@@ -1152,16 +1169,11 @@ def test_rotation__guard_lost_between_batches(
         naive.execute("RESET ALL")
         naive.commit()
         assert_control_leaks(
-            control_rewrap(tracker, naive, _rewrap_entries(key_file, rotating, groups)),
+            control_rewrap(tracker, naive, key_file, rotating, groups),
             canaries,
             f"v2 pair {rotating.name}[1] {groups[0]}",
         )
-    with psycopg.connect(db, autocommit=True) as conn:
-
-        def reset_all(_: int) -> None:
-            conn.execute("RESET ALL")
-
-        failure = fails(tracker, lambda: rotate(conn, key_file=rotating, batch_size=1, on_batch=reset_all))
+    failure = rotate_fails(tracker, db, rotating, between_batches=lambda conn: conn.execute("RESET ALL"))
     assert_clean(failure, canaries, pyaccess.ParameterLoggingError)
 
 
@@ -1172,13 +1184,11 @@ def test_rotation__access_denied(
     canaries = Canaries.of([rotating], groups)
     with plain(outsider, guarded=False) as naive:
         assert_control_leaks(
-            control_rewrap(tracker, naive, _rewrap_entries(key_file, rotating, groups)),
+            control_rewrap(tracker, naive, key_file, rotating, groups),
             canaries,
             f"v2 pair {rotating.name}[1] {groups[0]}",
         )
-    with psycopg.connect(outsider, autocommit=True) as conn:
-        failure = fails(tracker, lambda: rotate(conn, key_file=rotating))
-    assert_clean(failure, canaries, pyaccess.AccessDeniedError)
+    assert_clean(rotate_fails(tracker, outsider, rotating), canaries, pyaccess.AccessDeniedError)
 
 
 @pytest.mark.parametrize("kind", MALFORMED_KEY_FILES)
@@ -1192,9 +1202,7 @@ def test_rotation__malformed_key_file(  # noqa: PLR0917 - fixtures
     broken.write_text(MALFORMED_KEY_FILES[kind](current, previous))
     canaries = Canaries.of([key_file], groups, {"previous key": previous[:40]})
     assert_control_leaks(fails(tracker, lambda: naive_load(broken)), canaries, "master key key.json[0]", holder="")
-    with psycopg.connect(db, autocommit=True) as conn:
-        failure = fails(tracker, lambda: rotate(conn, key_file=broken))
-    assert_clean(failure, canaries, pyaccess.KeyFileError, skip=(KEYFILE_PY,))
+    assert_clean(rotate_fails(tracker, db, broken), canaries, pyaccess.KeyFileError, skip=(KEYFILE_PY,))
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -1436,14 +1444,7 @@ def test_cli_rotate__secrets_under_a_key_not_in_the_key_file(
     cli: Tracker, db: str, rotation: tuple[list[uuid.UUID], Path], key_file: Path, other_key_file: Path
 ) -> None:
     groups, _ = rotation
-    canaries = Canaries.of([key_file, other_key_file], groups)
-    with plain(db) as naive:
-        naive.execute("SELECT pyaccess.retire_key(%b)", (load_key_ring(key_file).current.id_bytes,))
-        assert_control_leaks(
-            control_rewrap(cli, naive, _rewrap_entries(other_key_file, key_file, groups)),
-            canaries,
-            pair_name(other_key_file, groups[0]),
-        )
+    canaries = control_rewrap_from_a_key_not_in_the_key_file(cli, db, groups, key_file, other_key_file)
     assert_cli_clean(run_cli(pyaccess.cli.main, ["rotate"], db, other_key_file), cli, canaries, pyaccess.WrongKeyError)
 
 

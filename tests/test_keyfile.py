@@ -86,233 +86,94 @@ KV2_METADATA_JSON = {
 Case = tuple[str, str, list[str]]
 
 
-def _json_lower() -> Case:
-    k = new_hex()
-    return json.dumps({"key": k}), k, []
-
-
-def _json_upper() -> Case:
-    k = new_hex()
-    return json.dumps({"key": k.upper()}), k, []
-
-
-def _json_mixed_case_and_whitespace() -> Case:
-    k = new_hex()
+def _accepted() -> dict[str, Case]:
+    """Every rendering the key file may have, by name, each with the keys it must yield."""
+    k, p1, p2 = new_hex(), new_hex(), new_hex()
     mixed = "".join(c.upper() if i % 2 else c for i, c in enumerate(k))
-    return "\n\n  " + json.dumps({"key": f" \t{mixed}\n "}) + "  \n\n", k, []
-
-
-def _json_pretty_printed() -> Case:
-    k = new_hex()
-    return json.dumps({"key": k}, indent=4) + "\n", k, []
-
-
-def _json_previous_keys() -> Case:
-    k, p1, p2 = new_hex(), new_hex(), new_hex()
-    return json.dumps({"key": k, "previous_keys": [p1.upper(), f" {p2} "]}), k, [p1, p2]
-
-
-def _json_empty_previous_keys() -> Case:
-    k = new_hex()
-    return json.dumps({"key": k, "previous_keys": []}), k, []
-
-
-def _json_openssl_output() -> Case:
-    output = adr_key_output()
-    return json.dumps({"key": output}), _openssl_key(output).lower(), []
-
-
-def _json_openssl_output_in_previous_keys() -> Case:
-    k = new_hex()
-    output = adr_key_output()
-    return json.dumps({"key": k, "previous_keys": [output]}), k, [_openssl_key(output).lower()]
-
-
-def _bare_openssl_output() -> Case:
-    output = adr_key_output()
-    return output, _openssl_key(output).lower(), []
-
-
-def _bare_hex() -> Case:
-    k = new_hex()
-    return k, k, []
-
-
-def _bare_hex_upper_with_whitespace() -> Case:
-    k = new_hex()
-    return f"\n  {k.upper()}  \n\n", k, []
-
-
-def _kv2_agent_default() -> Case:
-    k = new_hex()
-    return f"data: map[key:{k}]\n{KV2_METADATA}\n", k, []
-
-
-def _kv2_agent_default_upper() -> Case:
-    k = new_hex()
-    return f"data: map[key:{k.upper()}]\n{KV2_METADATA}\n", k, []
-
-
-def _kv2_agent_default_previous_keys() -> Case:
-    k, p1, p2 = new_hex(), new_hex(), new_hex()
-    return f"data: map[key:{k} previous_keys:[{p1} {p2}]]\n{KV2_METADATA}\n", k, [p1, p2]
-
-
-def _kv2_data_line_only() -> Case:
-    k = new_hex()
-    return f"data: map[key:{k}]\n", k, []
-
-
-def _kv2_data_line_only_previous_keys() -> Case:
-    k, p1, p2 = new_hex(), new_hex(), new_hex()
-    return f"data: map[key:{k} previous_keys:[{p1} {p2}]]\n", k, [p1, p2]
-
-
-def _kv1_agent_default() -> Case:
-    k = new_hex()
-    return f"key: {k}\n", k, []
-
-
-def _kv1_agent_default_upper() -> Case:
-    k = new_hex()
-    return f"key: {k.upper()}\n", k, []
-
-
-# What the agent really renders (OpenBao 2.7.2 agent, seen in tests/test_vault_agent.py): the injector's
-# json default wraps KV v2 data; Go's fmt prints nil as <nil>, lists as [a b], strings raw (an openssl
-# output keeps its newlines, and a string holding JSON keeps its quotes).
-
-
-def _json_injector_default_kv2() -> Case:
-    k, p = new_hex(), new_hex()
-    return json.dumps({"data": {"key": k, "previous_keys": [p]}, "metadata": KV2_METADATA_JSON}) + "\n", k, [p]
-
-
-def _json_injector_default_kv2_openssl_output() -> Case:
-    output = adr_key_output()
-    return json.dumps({"data": {"key": output}, "metadata": KV2_METADATA_JSON}) + "\n", _openssl_key(output).lower(), []
-
-
-def _json_previous_keys_null() -> Case:
-    k = new_hex()
-    return json.dumps({"key": k, "previous_keys": None}), k, []
-
-
-def _json_previous_keys_string_holding_a_json_list() -> Case:
-    # vault kv patch ... previous_keys='["<hex>","<hex>"]' stores that text as a string
-    k, p1, p2 = new_hex(), new_hex(), new_hex()
-    return json.dumps({"key": k, "previous_keys": json.dumps([p1, p2])}), k, [p1, p2]
-
-
-def _json_previous_keys_string_holding_an_openssl_output_raw() -> Case:
-    # previous_keys='["<openssl output>"]' typed in a shell: real newlines inside the JSON string
-    k, output = new_hex(), adr_key_output()
-    return json.dumps({"key": k, "previous_keys": f'["{output}"]'}), k, [_openssl_key(output).lower()]
-
-
-def _json_previous_keys_string_one_key() -> Case:
-    k, p = new_hex(), new_hex()
-    return json.dumps({"key": k, "previous_keys": f" {p.upper()} "}), k, [p]
-
-
-def _json_previous_keys_empty_string() -> Case:
-    k = new_hex()
-    return json.dumps({"key": k, "previous_keys": ""}), k, []
-
-
-def _kv2_agent_default_previous_keys_nil() -> Case:
-    k = new_hex()
-    return f"data: map[key:{k} previous_keys:<nil>]\n{KV2_METADATA}\n", k, []
-
-
-def _kv2_agent_default_previous_keys_empty() -> Case:
-    k = new_hex()
-    return f"data: map[key:{k} previous_keys:[]]\n{KV2_METADATA}\n", k, []
-
-
-def _kv2_agent_default_previous_keys_string_holding_a_json_list() -> Case:
-    k, p1, p2 = new_hex(), new_hex(), new_hex()
-    return f'data: map[key:{k} previous_keys:["{p1}","{p2}"]]\n{KV2_METADATA}\n', k, [p1, p2]
-
-
-def _kv2_agent_default_previous_keys_string_one_key() -> Case:
-    k, p = new_hex(), new_hex()
-    return f"data: map[key:{k} previous_keys:{p}]\n{KV2_METADATA}\n", k, [p]
-
-
-def _kv2_agent_default_openssl_outputs() -> Case:
-    # the ADR's key, and a previous list holding an openssl output and a hex key
-    current, old, p = adr_key_output(), adr_key_output(), new_hex()
-    content = f"data: map[key:{current} previous_keys:[{old} {p}]]\n{KV2_METADATA}\n"
-    return content, _openssl_key(current).lower(), [_openssl_key(old).lower(), p]
-
-
-def _kv2_agent_default_other_fields() -> Case:
-    k, p = new_hex(), new_hex()
-    return f"data: map[b:true f:1.5 key:{k} note:rotated in May previous_keys:[{p}]]\n{KV2_METADATA}\n", k, [p]
-
-
-def _kv1_agent_default_previous_keys() -> Case:
-    k, p1, p2 = new_hex(), new_hex(), new_hex()
-    return f"key: {k}\nprevious_keys: [{p1} {p2}]\nttl: 2s\n", k, [p1, p2]
-
-
-def _kv1_agent_default_openssl_outputs() -> Case:
-    current, old = adr_key_output(), adr_key_output()
-    return f"key: {current}\nprevious_keys: [{old}]\n", _openssl_key(current).lower(), [_openssl_key(old).lower()]
-
-
-def _kv1_agent_default_previous_keys_string_holding_a_json_list() -> Case:
-    k, p = new_hex(), new_hex()
-    return f'key: {k}\nprevious_keys: ["{p}"]\n', k, [p]
-
-
-def _kv1_agent_default_previous_keys_nil() -> Case:
-    k = new_hex()
-    return f"key: {k}\nprevious_keys: <nil>\n", k, []
-
-
-ACCEPTED: dict[str, Callable[[], Case]] = {
-    "json-lower": _json_lower,
-    "json-upper": _json_upper,
-    "json-mixed-case-and-whitespace": _json_mixed_case_and_whitespace,
-    "json-pretty-printed": _json_pretty_printed,
-    "json-previous-keys": _json_previous_keys,
-    "json-empty-previous-keys": _json_empty_previous_keys,
-    "json-openssl-output": _json_openssl_output,
-    "json-openssl-output-in-previous-keys": _json_openssl_output_in_previous_keys,
-    "bare-openssl-output": _bare_openssl_output,
-    "bare-hex": _bare_hex,
-    "bare-hex-upper-with-whitespace": _bare_hex_upper_with_whitespace,
-    "kv2-agent-default": _kv2_agent_default,
-    "kv2-agent-default-upper": _kv2_agent_default_upper,
-    "kv2-agent-default-previous-keys": _kv2_agent_default_previous_keys,
-    "kv2-data-line-only": _kv2_data_line_only,
-    "kv2-data-line-only-previous-keys": _kv2_data_line_only_previous_keys,
-    "kv1-agent-default": _kv1_agent_default,
-    "kv1-agent-default-upper": _kv1_agent_default_upper,
-    "json-injector-default-kv2": _json_injector_default_kv2,
-    "json-injector-default-kv2-openssl-output": _json_injector_default_kv2_openssl_output,
-    "json-previous-keys-null": _json_previous_keys_null,
-    "json-previous-keys-string-holding-a-json-list": _json_previous_keys_string_holding_a_json_list,
-    "json-previous-keys-string-holding-an-openssl-output-raw": _json_previous_keys_string_holding_an_openssl_output_raw,
-    "json-previous-keys-string-one-key": _json_previous_keys_string_one_key,
-    "json-previous-keys-empty-string": _json_previous_keys_empty_string,
-    "kv2-agent-default-previous-keys-nil": _kv2_agent_default_previous_keys_nil,
-    "kv2-agent-default-previous-keys-empty": _kv2_agent_default_previous_keys_empty,
-    "kv2-agent-default-previous-keys-string-holding-a-json-list": (
-        _kv2_agent_default_previous_keys_string_holding_a_json_list
-    ),
-    "kv2-agent-default-previous-keys-string-one-key": _kv2_agent_default_previous_keys_string_one_key,
-    "kv2-agent-default-openssl-outputs": _kv2_agent_default_openssl_outputs,
-    "kv2-agent-default-other-fields": _kv2_agent_default_other_fields,
-    "kv1-agent-default-previous-keys": _kv1_agent_default_previous_keys,
-    "kv1-agent-default-openssl-outputs": _kv1_agent_default_openssl_outputs,
-    "kv1-agent-default-previous-keys-string-holding-a-json-list": (
-        _kv1_agent_default_previous_keys_string_holding_a_json_list
-    ),
-    "kv1-agent-default-previous-keys-nil": _kv1_agent_default_previous_keys_nil,
-}
+    current, old = adr_key_output(), adr_key_output()  # openssl outputs: the ADR's key, and an older one
+    current_hex, old_hex = _openssl_key(current).lower(), _openssl_key(old).lower()
+    return {
+        "json-lower": (json.dumps({"key": k}), k, []),
+        "json-upper": (json.dumps({"key": k.upper()}), k, []),
+        "json-mixed-case-and-whitespace": ("\n\n  " + json.dumps({"key": f" \t{mixed}\n "}) + "  \n\n", k, []),
+        "json-pretty-printed": (json.dumps({"key": k}, indent=4) + "\n", k, []),
+        "json-previous-keys": (json.dumps({"key": k, "previous_keys": [p1.upper(), f" {p2} "]}), k, [p1, p2]),
+        "json-empty-previous-keys": (json.dumps({"key": k, "previous_keys": []}), k, []),
+        "json-openssl-output": (json.dumps({"key": current}), current_hex, []),
+        "json-openssl-output-in-previous-keys": (json.dumps({"key": k, "previous_keys": [old]}), k, [old_hex]),
+        "bare-openssl-output": (current, current_hex, []),
+        "bare-hex": (k, k, []),
+        "bare-hex-upper-with-whitespace": (f"\n  {k.upper()}  \n\n", k, []),
+        "kv2-agent-default": (f"data: map[key:{k}]\n{KV2_METADATA}\n", k, []),
+        "kv2-agent-default-upper": (f"data: map[key:{k.upper()}]\n{KV2_METADATA}\n", k, []),
+        "kv2-agent-default-previous-keys": (
+            f"data: map[key:{k} previous_keys:[{p1} {p2}]]\n{KV2_METADATA}\n",
+            k,
+            [p1, p2],
+        ),
+        "kv2-data-line-only": (f"data: map[key:{k}]\n", k, []),
+        "kv2-data-line-only-previous-keys": (f"data: map[key:{k} previous_keys:[{p1} {p2}]]\n", k, [p1, p2]),
+        "kv1-agent-default": (f"key: {k}\n", k, []),
+        "kv1-agent-default-upper": (f"key: {k.upper()}\n", k, []),
+        # What the agent really renders (OpenBao 2.7.2 agent, seen in tests/test_vault_agent.py): the injector's
+        # json default wraps KV v2 data; Go's fmt prints nil as <nil>, lists as [a b], strings raw (an openssl
+        # output keeps its newlines, and a string holding JSON keeps its quotes).
+        "json-injector-default-kv2": (
+            json.dumps({"data": {"key": k, "previous_keys": [p1]}, "metadata": KV2_METADATA_JSON}) + "\n",
+            k,
+            [p1],
+        ),
+        "json-injector-default-kv2-openssl-output": (
+            json.dumps({"data": {"key": current}, "metadata": KV2_METADATA_JSON}) + "\n",
+            current_hex,
+            [],
+        ),
+        "json-previous-keys-null": (json.dumps({"key": k, "previous_keys": None}), k, []),
+        # vault kv patch ... previous_keys='["<hex>","<hex>"]' stores that text as a string
+        "json-previous-keys-string-holding-a-json-list": (
+            json.dumps({"key": k, "previous_keys": json.dumps([p1, p2])}),
+            k,
+            [p1, p2],
+        ),
+        # previous_keys='["<openssl output>"]' typed in a shell: real newlines inside the JSON string
+        "json-previous-keys-string-holding-an-openssl-output-raw": (
+            json.dumps({"key": k, "previous_keys": f'["{old}"]'}),
+            k,
+            [old_hex],
+        ),
+        "json-previous-keys-string-one-key": (json.dumps({"key": k, "previous_keys": f" {p1.upper()} "}), k, [p1]),
+        "json-previous-keys-empty-string": (json.dumps({"key": k, "previous_keys": ""}), k, []),
+        "kv2-agent-default-previous-keys-nil": (f"data: map[key:{k} previous_keys:<nil>]\n{KV2_METADATA}\n", k, []),
+        "kv2-agent-default-previous-keys-empty": (f"data: map[key:{k} previous_keys:[]]\n{KV2_METADATA}\n", k, []),
+        "kv2-agent-default-previous-keys-string-holding-a-json-list": (
+            f'data: map[key:{k} previous_keys:["{p1}","{p2}"]]\n{KV2_METADATA}\n',
+            k,
+            [p1, p2],
+        ),
+        "kv2-agent-default-previous-keys-string-one-key": (
+            f"data: map[key:{k} previous_keys:{p1}]\n{KV2_METADATA}\n",
+            k,
+            [p1],
+        ),
+        # the ADR's key, and a previous list holding an openssl output and a hex key
+        "kv2-agent-default-openssl-outputs": (
+            f"data: map[key:{current} previous_keys:[{old} {p1}]]\n{KV2_METADATA}\n",
+            current_hex,
+            [old_hex, p1],
+        ),
+        "kv2-agent-default-other-fields": (
+            f"data: map[b:true f:1.5 key:{k} note:rotated in May previous_keys:[{p1}]]\n{KV2_METADATA}\n",
+            k,
+            [p1],
+        ),
+        "kv1-agent-default-previous-keys": (f"key: {k}\nprevious_keys: [{p1} {p2}]\nttl: 2s\n", k, [p1, p2]),
+        "kv1-agent-default-openssl-outputs": (f"key: {current}\nprevious_keys: [{old}]\n", current_hex, [old_hex]),
+        "kv1-agent-default-previous-keys-string-holding-a-json-list": (f'key: {k}\nprevious_keys: ["{p1}"]\n', k, [p1]),
+        "kv1-agent-default-previous-keys-nil": (f"key: {k}\nprevious_keys: <nil>\n", k, []),
+    }
+
+
+ACCEPTED = _accepted()
 
 
 def _assert_ring(ring: KeyRing, current: str, previous: list[str]) -> None:
@@ -324,15 +185,13 @@ def _assert_ring(ring: KeyRing, current: str, previous: list[str]) -> None:
     assert ring.materials == [bytes.fromhex(current), *(bytes.fromhex(p) for p in previous)]
 
 
-@pytest.mark.parametrize("build", ACCEPTED.values(), ids=ACCEPTED.keys())
-def test_parse_key_ring_accepts(build: Callable[[], Case]) -> None:
-    content, current, previous = build()
+@pytest.mark.parametrize(("content", "current", "previous"), ACCEPTED.values(), ids=ACCEPTED.keys())
+def test_parse_key_ring_accepts(content: str, current: str, previous: list[str]) -> None:
     _assert_ring(parse_key_ring(content, "/vault/secrets/k"), current, previous)
 
 
-@pytest.mark.parametrize("build", ACCEPTED.values(), ids=ACCEPTED.keys())
-def test_load_key_ring_accepts(build: Callable[[], Case], tmp_path: Path) -> None:
-    content, current, previous = build()
+@pytest.mark.parametrize(("content", "current", "previous"), ACCEPTED.values(), ids=ACCEPTED.keys())
+def test_load_key_ring_accepts(content: str, current: str, previous: list[str], tmp_path: Path) -> None:
     path = _write(tmp_path / "provisioning_secret_enc_key", content)
     _assert_ring(load_key_ring(path), current, previous)
     _assert_ring(load_key_ring(str(path)), current, previous)

@@ -52,7 +52,7 @@ from psycopg_pool import ConnectionPool
 
 import pyaccess
 from pyaccess import execution
-from pyaccess.doctor import Check, run_checks
+from pyaccess.doctor import run_checks
 from pyaccess.execution import GuardMode
 from pyaccess.keyfile import load_key_ring, write_new_key_file
 from pyaccess.provision import get_with_ring
@@ -348,36 +348,41 @@ def test_role_without_set_on_a_switch_whose_path_is_off__guard_passes(leaky: PgS
 # =========================================================================== doctor and the 0.1.0 entry points
 
 
-def server_log_check(server: PgServer, key_file: Path) -> Check:
-    return next(c for c in run_checks(server.dsn(SERVICE), key_file=key_file) if c.name == "server log")
+def assert_server_log_check(server: PgServer, key_file: Path, status: str, *phrases: str) -> None:
+    """doctor's "server log" check on ``server`` has ``status``, and its detail holds each of ``phrases``."""
+    check = next(c for c in run_checks(server.dsn(SERVICE), key_file=key_file) if c.name == "server log")
+    assert check.status == status, check
+    for phrase in phrases:
+        assert phrase in check.detail, (phrase, check)
 
 
 def test_doctor__reports_each_path__ok_warning_or_fail_naming_the_setting(leaky: PgServer, tmp_path: Path) -> None:
     key_file = write_new_key_file(tmp_path / "key.json")
 
-    check = server_log_check(leaky, key_file)
-    assert check.status == "ok", check
-    for name in ("statement logging", "plan dump", "auto_explain", "pgaudit", "parameters on error"):
-        assert name in check.detail
+    paths = ("statement logging", "plan dump", "auto_explain", "pgaudit", "parameters on error")
+    assert_server_log_check(leaky, key_file, "ok", *paths)
 
     with leaky.system({"auto_explain.log_min_duration": "0", "log_statement": "all"}):
-        check = server_log_check(leaky, key_file)
-        assert check.status == "ok", check
-        assert "statement logging (log_statement = all" in check.detail
-        assert "pyaccess sets log_parameter_max_length = 0 per session" in check.detail
+        assert_server_log_check(
+            leaky,
+            key_file,
+            "ok",
+            "statement logging (log_statement = all",
+            "pyaccess sets log_parameter_max_length = 0 per session",
+        )
 
         with set_revoked(leaky, "auto_explain.log_min_duration"):
-            check = server_log_check(leaky, key_file)
-            assert check.status == "FAIL", check
-            assert "auto_explain: FAIL" in check.detail
-            assert "may not SET auto_explain.log_min_duration" in check.detail
-            assert "GRANT SET ON PARAMETER auto_explain.log_min_duration TO" in check.detail
+            assert_server_log_check(
+                leaky,
+                key_file,
+                "FAIL",
+                "auto_explain: FAIL",
+                "may not SET auto_explain.log_min_duration",
+                "GRANT SET ON PARAMETER auto_explain.log_min_duration TO",
+            )
 
     with set_revoked(leaky, "pgaudit.log_parameter"):
-        check = server_log_check(leaky, key_file)
-        assert check.status == "warning", check
-        assert "pgaudit: warning" in check.detail
-        assert "may not SET pgaudit.log_parameter" in check.detail
+        assert_server_log_check(leaky, key_file, "warning", "pgaudit: warning", "may not SET pgaudit.log_parameter")
 
 
 def test_0_1_0_entry_points__exposure_as_text_array_and_the_session_guard(leaky: PgServer) -> None:

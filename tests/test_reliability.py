@@ -130,6 +130,16 @@ class Ledger:
             self.violations.append(f"{gid}: read n{parsed.seq} after n{floor} had returned: a lost write")
         return parsed
 
+    def report_and_check(self, headline: str, lost: list[str]) -> None:
+        """Print ``headline`` and the load's figures, then assert no error, no bad read and no lost write."""
+        print(
+            f"\n{headline}: {self.ops['store']} stores, {self.ops['get']} gets, {len(self.errors)} errors, "
+            f"{len(self.violations)} torn/mixed/stale reads, {len(lost)} lost writes"
+        )
+        assert self.errors == []
+        assert self.violations == []
+        assert lost == []
+
 
 def _run_threads(targets: list[Callable[[], None]], main: Callable[[], None] | None = None) -> float:
     """Start every target, run ``main`` meanwhile, join them all (bounded); the seconds it took."""
@@ -226,14 +236,11 @@ def test_concurrent_stores_and_gets__no_error_no_torn_value_no_lost_write(db: st
         if final_hot not in last_writes:
             lost.append(f"shared group: final value {final_hot[:50]!r} is not one of the last writes")
     hot_writes = sum(1 for (gid, w) in ledger.returned if gid == hot and w < WRITERS)
-    print(
-        f"\nconcurrency: {WRITERS} writers + {READERS} readers for {seconds:.1f} s: "
-        f"{ledger.ops['store']} stores ({hot_writes} writers reached the shared group), {ledger.ops['get']} gets, "
-        f"{len(ledger.errors)} errors, {len(ledger.violations)} torn/mixed/stale reads, {len(lost)} lost writes"
+    ledger.report_and_check(
+        f"concurrency: {WRITERS} writers + {READERS} readers for {seconds:.1f} s, "
+        f"{hot_writes} writers reached the shared group",
+        lost,
     )
-    assert ledger.errors == []
-    assert ledger.violations == []
-    assert lost == []
     assert hot_writes == WRITERS
     assert ledger.ops["store"] > 100
     assert ledger.ops["get"] > 100
@@ -335,16 +342,12 @@ def test_rotation_under_load__no_reader_error_and_no_write_lost(
             expected = ledger.returned.get((gid, i % writers), (0, f"initial:{gid}"))[1]
             if final != expected:
                 lost.append(f"{gid}: {final[:50]!r} instead of {expected[:50]!r}")
-    print(
-        f"\nrotation under load: {report.reencrypted} of {total} secrets re-encrypted in {report.batches} batches "
+    ledger.report_and_check(
+        f"rotation under load: {report.reencrypted} of {total} secrets re-encrypted in {report.batches} batches "
         f"({report.seconds:.2f} s, {stores_during[0]} stores meanwhile); "
-        f"{writers} writers + {readers} readers ran {seconds:.1f} s: "
-        f"{ledger.ops['store']} stores, {ledger.ops['get']} gets, {len(ledger.errors)} errors, "
-        f"{len(ledger.violations)} torn/mixed/stale reads, {len(lost)} lost writes"
+        f"{writers} writers + {readers} readers ran {seconds:.1f} s",
+        lost,
     )
-    assert ledger.errors == []
-    assert ledger.violations == []
-    assert lost == []
     assert census == [("current", total)]
     assert total / 4 < report.reencrypted <= total
     assert stores_during[0] > 20  # the rotation really ran under the load

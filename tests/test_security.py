@@ -556,159 +556,166 @@ def test_table_level_select_granted_by_a_dba__reads_the_ciphertext_and_doctor_wa
 
 # =========================================================================== the search_path attack
 
-# The attacker's look-alikes: (name, argument types, result type, what it hands over to).
+Lookalike = tuple[str, str, str, str]  # name, argument types, result type, what it hands over to
+_LOOKALIKE = re.compile(r"(?P<name>[^(]+)\((?P<args>[^)]*)\) RETURNS (?P<returns>.+?) = (?P<body>.+)")
+
+
+def lookalikes(*signatures: str) -> tuple[Lookalike, ...]:
+    """Each ``name(argument types) RETURNS result type = what it hands over to``, split into its four parts."""
+    parts = []
+    for signature in signatures:
+        match = _LOOKALIKE.fullmatch(signature)
+        assert match is not None, f"not a look-alike: {signature}"
+        parts.append((match["name"], match["args"], match["returns"], match["body"]))
+    return tuple(parts)
+
+
+# The attacker's look-alikes, one a line: name(argument types) RETURNS result type = what it hands over to.
 # Each records that it ran, as whom, and what it saw, both in evil.calls and as a
 # WARNING (which reaches the client even when the statement is rolled back).
 # First the built-ins that pyaccess's SQL calls (pgcrypto and pg_catalog), then the operators' functions.
-LOOKALIKES: tuple[tuple[str, str, str, str], ...] = (
-    ("hmac", "bytea, bytea, text", "bytea", "@ext@.hmac($1, $2, $3)"),
-    ("hmac", "text, text, text", "bytea", "@ext@.hmac($1, $2, $3)"),
-    ("encrypt_iv", "bytea, bytea, bytea, text", "bytea", "@ext@.encrypt_iv($1, $2, $3, $4)"),
-    ("decrypt_iv", "bytea, bytea, bytea, text", "bytea", "@ext@.decrypt_iv($1, $2, $3, $4)"),
-    ("digest", "bytea, text", "bytea", "@ext@.digest($1, $2)"),
-    ("digest", "text, text", "bytea", "@ext@.digest($1, $2)"),
-    ("gen_random_bytes", "integer", "bytea", "@ext@.gen_random_bytes($1)"),
-    ("convert_from", "bytea, name", "text", "pg_catalog.convert_from($1, $2)"),
-    ("convert_to", "text, name", "bytea", "pg_catalog.convert_to($1, $2)"),
-    ("substr", "bytea, integer, integer", "bytea", "pg_catalog.substr($1, $2, $3)"),
-    ("substr", "bytea, integer", "bytea", "pg_catalog.substr($1, $2)"),
-    ("encode", "bytea, text", "text", "pg_catalog.encode($1, $2)"),
-    ("decode", "text, text", "bytea", "pg_catalog.decode($1, $2)"),
-    ("octet_length", "bytea", "integer", "pg_catalog.octet_length($1)"),
-    ("octet_length", "text", "integer", "pg_catalog.octet_length($1)"),
-    ("uuid_send", "uuid", "bytea", "pg_catalog.uuid_send($1)"),
-    ("get_byte", "bytea, integer", "integer", "pg_catalog.get_byte($1, $2)"),
-    ("set_config", "text, text, boolean", "text", "pg_catalog.set_config($1, $2, $3)"),
-    ("current_setting", "text", "text", "pg_catalog.current_setting($1)"),
-    ("current_setting", "text, boolean", "text", "pg_catalog.current_setting($1, $2)"),
-    ("has_parameter_privilege", "text, text", "boolean", "pg_catalog.has_parameter_privilege($1, $2)"),
-    ("format", "text, uuid", "text", "pg_catalog.format($1, $2)"),
-    ("format", "text, uuid, text, text", "text", "pg_catalog.format($1, $2, $3, $4)"),
-    ("format", "text, text", "text", "pg_catalog.format($1, $2)"),
-    ("array_to_string", "text[], text", "text", "pg_catalog.array_to_string($1, $2)"),
-    ("cardinality", "bytea[]", "integer", "pg_catalog.cardinality($1)"),
-    ("cardinality", "text[]", "integer", "pg_catalog.cardinality($1)"),
-    ("array_length", "bytea[], integer", "integer", "pg_catalog.array_length($1, $2)"),
-    ("count", "bytea", "bigint", "1"),
-    ("set_byte", "bytea, integer, integer", "bytea", "pg_catalog.set_byte($1, $2, $3)"),
-    ("array_position", "bytea[], bytea", "integer", "pg_catalog.array_position($1, $2)"),
-    ("array_ndims", "bytea[]", "integer", "pg_catalog.array_ndims($1)"),
-    ("array_lower", "bytea[], integer", "integer", "pg_catalog.array_lower($1, $2)"),
-    ("string_to_array", "text, text", "text[]", "pg_catalog.string_to_array($1, $2)"),
-    ("getdatabaseencoding", "", "name", "pg_catalog.getdatabaseencoding()"),
-    ("pg_conf_load_time", "", "timestamp with time zone", "pg_catalog.pg_conf_load_time()"),
-    ("clock_timestamp", "", "timestamp with time zone", "pg_catalog.clock_timestamp()"),
-    ("now", "", "timestamp with time zone", "pg_catalog.now()"),
-    ("pg_backend_pid", "", "integer", "pg_catalog.pg_backend_pid()"),
-    ("inet_client_addr", "", "inet", "pg_catalog.inet_client_addr()"),
-    ("json_strip_nulls", "json", "json", "pg_catalog.json_strip_nulls($1)"),
-    ("md5", "text", "text", "pg_catalog.md5($1)"),
-    ("to_regprocedure", "text", "regprocedure", "pg_catalog.to_regprocedure($1)"),
-    ("pg_has_role", "oid, name, text", "boolean", "true"),  # would make every role trusted
+LOOKALIKES = lookalikes(
+    "hmac(bytea, bytea, text) RETURNS bytea = @ext@.hmac($1, $2, $3)",
+    "hmac(text, text, text) RETURNS bytea = @ext@.hmac($1, $2, $3)",
+    "encrypt_iv(bytea, bytea, bytea, text) RETURNS bytea = @ext@.encrypt_iv($1, $2, $3, $4)",
+    "decrypt_iv(bytea, bytea, bytea, text) RETURNS bytea = @ext@.decrypt_iv($1, $2, $3, $4)",
+    "digest(bytea, text) RETURNS bytea = @ext@.digest($1, $2)",
+    "digest(text, text) RETURNS bytea = @ext@.digest($1, $2)",
+    "gen_random_bytes(integer) RETURNS bytea = @ext@.gen_random_bytes($1)",
+    "convert_from(bytea, name) RETURNS text = pg_catalog.convert_from($1, $2)",
+    "convert_to(text, name) RETURNS bytea = pg_catalog.convert_to($1, $2)",
+    "substr(bytea, integer, integer) RETURNS bytea = pg_catalog.substr($1, $2, $3)",
+    "substr(bytea, integer) RETURNS bytea = pg_catalog.substr($1, $2)",
+    "encode(bytea, text) RETURNS text = pg_catalog.encode($1, $2)",
+    "decode(text, text) RETURNS bytea = pg_catalog.decode($1, $2)",
+    "octet_length(bytea) RETURNS integer = pg_catalog.octet_length($1)",
+    "octet_length(text) RETURNS integer = pg_catalog.octet_length($1)",
+    "uuid_send(uuid) RETURNS bytea = pg_catalog.uuid_send($1)",
+    "get_byte(bytea, integer) RETURNS integer = pg_catalog.get_byte($1, $2)",
+    "set_config(text, text, boolean) RETURNS text = pg_catalog.set_config($1, $2, $3)",
+    "current_setting(text) RETURNS text = pg_catalog.current_setting($1)",
+    "current_setting(text, boolean) RETURNS text = pg_catalog.current_setting($1, $2)",
+    "has_parameter_privilege(text, text) RETURNS boolean = pg_catalog.has_parameter_privilege($1, $2)",
+    "format(text, uuid) RETURNS text = pg_catalog.format($1, $2)",
+    "format(text, uuid, text, text) RETURNS text = pg_catalog.format($1, $2, $3, $4)",
+    "format(text, text) RETURNS text = pg_catalog.format($1, $2)",
+    "array_to_string(text[], text) RETURNS text = pg_catalog.array_to_string($1, $2)",
+    "cardinality(bytea[]) RETURNS integer = pg_catalog.cardinality($1)",
+    "cardinality(text[]) RETURNS integer = pg_catalog.cardinality($1)",
+    "array_length(bytea[], integer) RETURNS integer = pg_catalog.array_length($1, $2)",
+    "count(bytea) RETURNS bigint = 1",
+    "set_byte(bytea, integer, integer) RETURNS bytea = pg_catalog.set_byte($1, $2, $3)",
+    "array_position(bytea[], bytea) RETURNS integer = pg_catalog.array_position($1, $2)",
+    "array_ndims(bytea[]) RETURNS integer = pg_catalog.array_ndims($1)",
+    "array_lower(bytea[], integer) RETURNS integer = pg_catalog.array_lower($1, $2)",
+    "string_to_array(text, text) RETURNS text[] = pg_catalog.string_to_array($1, $2)",
+    "getdatabaseencoding() RETURNS name = pg_catalog.getdatabaseencoding()",
+    "pg_conf_load_time() RETURNS timestamp with time zone = pg_catalog.pg_conf_load_time()",
+    "clock_timestamp() RETURNS timestamp with time zone = pg_catalog.clock_timestamp()",
+    "now() RETURNS timestamp with time zone = pg_catalog.now()",
+    "pg_backend_pid() RETURNS integer = pg_catalog.pg_backend_pid()",
+    "inet_client_addr() RETURNS inet = pg_catalog.inet_client_addr()",
+    "json_strip_nulls(json) RETURNS json = pg_catalog.json_strip_nulls($1)",
+    "md5(text) RETURNS text = pg_catalog.md5($1)",
+    "to_regprocedure(text) RETURNS regprocedure = pg_catalog.to_regprocedure($1)",
+    "pg_has_role(oid, name, text) RETURNS boolean = true",  # would make every role trusted
     # the functions behind the planted operators below
-    ("op_byteacat", "bytea, bytea", "bytea", "pg_catalog.byteacat($1, $2)"),
-    ("op_byteaeq", "bytea, bytea", "boolean", "pg_catalog.byteaeq($1, $2)"),
-    ("op_byteane", "bytea, bytea", "boolean", "false"),  # would make every tag check pass
-    ("op_textcat", "text, text", "text", "pg_catalog.textcat($1, $2)"),
-    ("op_texteq", "text, text", "boolean", "pg_catalog.texteq($1, $2)"),
-    ("op_textarraycat", "text[], text", "text[]", "pg_catalog.array_append($1, $2)"),
-    ("op_int4ne", "integer, integer", "boolean", "pg_catalog.int4ne($1, $2)"),
-    ("op_int4lt", "integer, integer", "boolean", "pg_catalog.int4lt($1, $2)"),
-    ("op_int4ge", "integer, integer", "boolean", "pg_catalog.int4ge($1, $2)"),
-    ("op_int4mod", "integer, integer", "integer", "pg_catalog.int4mod($1, $2)"),
-    ("op_int4mi", "integer, integer", "integer", "pg_catalog.int4mi($1, $2)"),
-    ("op_float8gt", "double precision, double precision", "boolean", "pg_catalog.float8gt($1, $2)"),
-    ("op_int4eq", "integer, integer", "boolean", "pg_catalog.int4eq($1, $2)"),
-    ("op_int4le", "integer, integer", "boolean", "pg_catalog.int4le($1, $2)"),
-    ("op_int4pl", "integer, integer", "integer", "pg_catalog.int4pl($1, $2)"),
-    ("op_int4mul", "integer, integer", "integer", "pg_catalog.int4mul($1, $2)"),
-    ("op_int4div", "integer, integer", "integer", "pg_catalog.int4div($1, $2)"),
-    ("op_int4arraylt", "integer[], integer[]", "boolean", "false"),  # would pass the release check
-    ("op_uuideq", "uuid, uuid", "boolean", "pg_catalog.uuid_eq($1, $2)"),
-    ("op_uuidgt", "uuid, uuid", "boolean", "pg_catalog.uuid_gt($1, $2)"),
-    ("op_textne", "text, text", "boolean", "pg_catalog.textne($1, $2)"),
+    "op_byteacat(bytea, bytea) RETURNS bytea = pg_catalog.byteacat($1, $2)",
+    "op_byteaeq(bytea, bytea) RETURNS boolean = pg_catalog.byteaeq($1, $2)",
+    "op_byteane(bytea, bytea) RETURNS boolean = false",  # would make every tag check pass
+    "op_textcat(text, text) RETURNS text = pg_catalog.textcat($1, $2)",
+    "op_texteq(text, text) RETURNS boolean = pg_catalog.texteq($1, $2)",
+    "op_textarraycat(text[], text) RETURNS text[] = pg_catalog.array_append($1, $2)",
+    "op_int4ne(integer, integer) RETURNS boolean = pg_catalog.int4ne($1, $2)",
+    "op_int4lt(integer, integer) RETURNS boolean = pg_catalog.int4lt($1, $2)",
+    "op_int4ge(integer, integer) RETURNS boolean = pg_catalog.int4ge($1, $2)",
+    "op_int4mod(integer, integer) RETURNS integer = pg_catalog.int4mod($1, $2)",
+    "op_int4mi(integer, integer) RETURNS integer = pg_catalog.int4mi($1, $2)",
+    "op_float8gt(double precision, double precision) RETURNS boolean = pg_catalog.float8gt($1, $2)",
+    "op_int4eq(integer, integer) RETURNS boolean = pg_catalog.int4eq($1, $2)",
+    "op_int4le(integer, integer) RETURNS boolean = pg_catalog.int4le($1, $2)",
+    "op_int4pl(integer, integer) RETURNS integer = pg_catalog.int4pl($1, $2)",
+    "op_int4mul(integer, integer) RETURNS integer = pg_catalog.int4mul($1, $2)",
+    "op_int4div(integer, integer) RETURNS integer = pg_catalog.int4div($1, $2)",
+    "op_int4arraylt(integer[], integer[]) RETURNS boolean = false",  # would pass the release check
+    "op_uuideq(uuid, uuid) RETURNS boolean = pg_catalog.uuid_eq($1, $2)",
+    "op_uuidgt(uuid, uuid) RETURNS boolean = pg_catalog.uuid_gt($1, $2)",
+    "op_textne(text, text) RETURNS boolean = pg_catalog.textne($1, $2)",
 )
 # Look-alikes of pyaccess's own functions (0.1.0 kept its helpers in public; 0.2.0 keeps them in schema
 # pyaccess), each with the real one's arguments: the attacker hopes for an unqualified call.
-HELPER_LOOKALIKES: tuple[tuple[str, str, str, str], ...] = (
-    ("guard", "text", "void", "pyaccess.guard($1)"),
-    ("guard_session", "", "void", "NULL"),  # would never turn parameter logging off
-    ("log_exposure", "", "text[]", "'{}'::text[]"),  # would hide every logging setting
-    ("_guarded", "", "boolean", "true"),  # would let unguarded sessions through
-    ("_refuse_unguarded", "", "boolean", "true"),
-    ("release", "", "text", "'99.0.0'"),  # would pass the release check
-    ("seal", "uuid, bytea, bytea", "void", "pyaccess.seal($1, $2, $3)"),
-    ("open", "uuid, bytea, integer", "TABLE (version integer, secret bytea)", "pyaccess.open($1, $2, $3)"),
-    ("_open", "uuid, bytea, integer", "TABLE (version integer, secret bytea)", "pyaccess._open($1, $2, $3)"),
-    ("_seal", "uuid, bytea, bytea", "void", "NULL"),
-    ("_admit_key", "bytea, uuid", "void", "NULL"),  # would admit any key id
-    ("_check_masters", "bytea[]", "void", "NULL"),
-    ("_random_iv", "", "bytea", "pg_catalog.decode(pg_catalog.repeat('00', 16), 'hex')"),  # an all-zero IV
-    ("_key_id", "bytea", "bytea", "pg_catalog.substr(pg_catalog.sha256($1), 1, 8)"),
-    ("_pair", "integer, bytea, uuid", "bytea", "pg_catalog.sha512($2)"),
-    ("_ring", "integer, bytea[], uuid", "bytea", "NULL"),
-    ("_ring_ok", "bytea", "boolean", "true"),
-    ("_pick", "bytea, bytea", "bytea", "pyaccess._pick($1, $2)"),
-    ("_envelope_key_id", "bytea", "bytea", "pyaccess._envelope_key_id($1)"),
-    ("_envelope_version", "bytea", "integer", "pyaccess._envelope_version($1)"),
-    ("_body", "integer, bytea, bytea, bytea, bytea", "bytea", "$5"),  # would store the plaintext
-    ("_tag", "uuid, bytea, bytea", "bytea", "pyaccess._tag($1, $2, $3)"),
-    ("_authentic", "uuid, bytea, bytea", "boolean", "true"),  # would accept any envelope
-    ("_plaintext", "bytea, bytea", "bytea", "pyaccess._plaintext($1, $2)"),
-    ("_refuse_open", "uuid, boolean, bytea, bytea", "bytea", "NULL"),  # would turn refusals into NULLs
-    ("_fail", "text, text, uuid, bytea, text, text", "bytea", "NULL"),
-    ("_audit", "text, text, uuid, bytea, text", "void", "NULL"),
-    ("_read_recorded", "uuid, bytea", "boolean", "true"),
-    ("_as_text", "uuid, bytea", "text", "pg_catalog.convert_from($2, 'UTF8')"),
-    ("_trusted", "oid", "boolean", "true"),
-    (
-        "_rewrap",
-        "uuid[], bytea[], bytea[], bytea",
-        "TABLE (group_id uuid, old_key_id text, old_version integer)",
-        "pyaccess.rewrap($1, $2, $3, $4)",
-    ),
-    ("census", "", "TABLE (key_id text, version integer, state text, secrets bigint)", "pyaccess.census()"),
-    ("register_key", "bytea", "text", "pyaccess.register_key($1)"),
-    ("retire_key", "bytea", "void", "NULL"),
+HELPER_LOOKALIKES = lookalikes(
+    "guard(text) RETURNS void = pyaccess.guard($1)",
+    "guard_session() RETURNS void = NULL",  # would never turn parameter logging off
+    "log_exposure() RETURNS text[] = '{}'::text[]",  # would hide every logging setting
+    "_guarded() RETURNS boolean = true",  # would let unguarded sessions through
+    "_refuse_unguarded() RETURNS boolean = true",
+    "release() RETURNS text = '99.0.0'",  # would pass the release check
+    "seal(uuid, bytea, bytea) RETURNS void = pyaccess.seal($1, $2, $3)",
+    "open(uuid, bytea, integer) RETURNS TABLE (version integer, secret bytea) = pyaccess.open($1, $2, $3)",
+    "_open(uuid, bytea, integer) RETURNS TABLE (version integer, secret bytea) = pyaccess._open($1, $2, $3)",
+    "_seal(uuid, bytea, bytea) RETURNS void = NULL",
+    "_admit_key(bytea, uuid) RETURNS void = NULL",  # would admit any key id
+    "_check_masters(bytea[]) RETURNS void = NULL",
+    "_random_iv() RETURNS bytea = pg_catalog.decode(pg_catalog.repeat('00', 16), 'hex')",  # an all-zero IV
+    "_key_id(bytea) RETURNS bytea = pg_catalog.substr(pg_catalog.sha256($1), 1, 8)",
+    "_pair(integer, bytea, uuid) RETURNS bytea = pg_catalog.sha512($2)",
+    "_ring(integer, bytea[], uuid) RETURNS bytea = NULL",
+    "_ring_ok(bytea) RETURNS boolean = true",
+    "_pick(bytea, bytea) RETURNS bytea = pyaccess._pick($1, $2)",
+    "_envelope_key_id(bytea) RETURNS bytea = pyaccess._envelope_key_id($1)",
+    "_envelope_version(bytea) RETURNS integer = pyaccess._envelope_version($1)",
+    "_body(integer, bytea, bytea, bytea, bytea) RETURNS bytea = $5",  # would store the plaintext
+    "_tag(uuid, bytea, bytea) RETURNS bytea = pyaccess._tag($1, $2, $3)",
+    "_authentic(uuid, bytea, bytea) RETURNS boolean = true",  # would accept any envelope
+    "_plaintext(bytea, bytea) RETURNS bytea = pyaccess._plaintext($1, $2)",
+    "_refuse_open(uuid, boolean, bytea, bytea) RETURNS bytea = NULL",  # would turn refusals into NULLs
+    "_fail(text, text, uuid, bytea, text, text) RETURNS bytea = NULL",
+    "_audit(text, text, uuid, bytea, text) RETURNS void = NULL",
+    "_read_recorded(uuid, bytea) RETURNS boolean = true",
+    "_as_text(uuid, bytea) RETURNS text = pg_catalog.convert_from($2, 'UTF8')",
+    "_trusted(oid) RETURNS boolean = true",
+    "_rewrap(uuid[], bytea[], bytea[], bytea) RETURNS TABLE (group_id uuid, old_key_id text, old_version integer)"
+    " = pyaccess.rewrap($1, $2, $3, $4)",
+    "census() RETURNS TABLE (key_id text, version integer, state text, secrets bigint) = pyaccess.census()",
+    "register_key(bytea) RETURNS text = pyaccess.register_key($1)",
+    "retire_key(bytea) RETURNS void = NULL",
 )
 # Overloads with a DEFAULT argument: a call that names the function without all its arguments becomes
 # ambiguous ("function ... is not unique"), a denial of service of whatever calls it that way (issue 11).
-DOS_OVERLOADS: tuple[tuple[str, str, str, str], ...] = (
-    ("provision_secret_session_guard", "integer DEFAULT 0", "void", "NULL"),
-    ("_provision_secret_check_keys", "bytea[], integer DEFAULT 0", "void", "NULL"),
-    ("guard", "text, integer DEFAULT 0", "void", "NULL"),
-    ("seal", "uuid, bytea, bytea, integer DEFAULT 0", "void", "NULL"),
-    (
-        "open",
-        "uuid, bytea, integer, integer DEFAULT 0",
-        "TABLE (version integer, secret bytea)",
-        "pyaccess.open($1, $2, $3)",
-    ),
-    ("_guarded", "integer DEFAULT 0", "boolean", "true"),
+DOS_OVERLOADS = lookalikes(
+    "provision_secret_session_guard(integer DEFAULT 0) RETURNS void = NULL",
+    "_provision_secret_check_keys(bytea[], integer DEFAULT 0) RETURNS void = NULL",
+    "guard(text, integer DEFAULT 0) RETURNS void = NULL",
+    "seal(uuid, bytea, bytea, integer DEFAULT 0) RETURNS void = NULL",
+    "open(uuid, bytea, integer, integer DEFAULT 0) RETURNS TABLE (version integer, secret bytea)"
+    " = pyaccess.open($1, $2, $3)",
+    "_guarded(integer DEFAULT 0) RETURNS boolean = true",
 )
-OPERATORS: tuple[tuple[str, str, str, str], ...] = (
-    ("||", "bytea", "bytea", "op_byteacat"),
-    ("=", "bytea", "bytea", "op_byteaeq"),
-    ("<>", "bytea", "bytea", "op_byteane"),
-    ("||", "text", "text", "op_textcat"),
-    ("=", "text", "text", "op_texteq"),
-    ("||", "text[]", "text", "op_textarraycat"),
-    ("<>", "integer", "integer", "op_int4ne"),
-    ("<", "integer", "integer", "op_int4lt"),
-    (">=", "integer", "integer", "op_int4ge"),
-    ("%", "integer", "integer", "op_int4mod"),
-    ("-", "integer", "integer", "op_int4mi"),
-    (">", "double precision", "double precision", "op_float8gt"),
-    ("=", "integer", "integer", "op_int4eq"),
-    ("<=", "integer", "integer", "op_int4le"),
-    ("+", "integer", "integer", "op_int4pl"),
-    ("*", "integer", "integer", "op_int4mul"),
-    ("/", "integer", "integer", "op_int4div"),
-    ("<", "integer[]", "integer[]", "op_int4arraylt"),
-    ("=", "uuid", "uuid", "op_uuideq"),
-    (">", "uuid", "uuid", "op_uuidgt"),
-    ("<>", "text", "text", "op_textne"),
-)
+# The planted operators, by the look-alike function behind each: its argument types are the operands.
+OPERATORS: dict[str, str] = {
+    "op_byteacat": "||",
+    "op_byteaeq": "=",
+    "op_byteane": "<>",
+    "op_textcat": "||",
+    "op_texteq": "=",
+    "op_textarraycat": "||",
+    "op_int4ne": "<>",
+    "op_int4lt": "<",
+    "op_int4ge": ">=",
+    "op_int4mod": "%",
+    "op_int4mi": "-",
+    "op_float8gt": ">",
+    "op_int4eq": "=",
+    "op_int4le": "<=",
+    "op_int4pl": "+",
+    "op_int4mul": "*",
+    "op_int4div": "/",
+    "op_int4arraylt": "<",
+    "op_uuideq": "=",
+    "op_uuidgt": ">",
+    "op_textne": "<>",
+}
 
 PLANT_SCHEMA = """
 CREATE SCHEMA evil;
@@ -747,7 +754,7 @@ $do$
 """
 
 
-def plant_function(conn: Conn, schema: str, lookalike: tuple[str, str, str, str]) -> None:
+def plant_function(conn: Conn, schema: str, lookalike: Lookalike) -> None:
     name, args, returns, body = lookalike
     if returns == "void":
         handover = f"PERFORM {body}; RETURN;"
@@ -762,7 +769,9 @@ def plant_function(conn: Conn, schema: str, lookalike: tuple[str, str, str, str]
 def plant_lookalikes(attacker: Conn, schema: str = "evil") -> None:
     for lookalike in (*LOOKALIKES, *HELPER_LOOKALIKES):
         plant_function(attacker, schema, lookalike)
-    for op, left, right, function in OPERATORS:
+    operands = {name: args.split(", ") for name, args, _, _ in LOOKALIKES}
+    for function, op in OPERATORS.items():
+        left, right = operands[function]
         attacker.execute(
             sql.SQL("CREATE OPERATOR evil.{} (LEFTARG = {}, RIGHTARG = {}, FUNCTION = evil.{})").format(
                 sql.SQL(op), sql.SQL(left), sql.SQL(right), sql.Identifier(function)
@@ -1136,9 +1145,11 @@ def _hijacked_service(db: str, login_role: Callable[..., str]) -> tuple[str, str
     return attacker, service
 
 
-def test_search_path_ahead_of_pg_catalog__nothing_planted_runs_as_the_owner(
+def _round_trip_as_hijacked_service(
     db: str, conn: Conn, login_role: Callable[..., str], key_file: Path
-) -> None:
+) -> tuple[uuid.UUID, str]:
+    """A new secret stored and read back as ``_hijacked_service``'s service role, whose sessions resolve names
+    in evil first. Returns the group and the secret."""
     _, service = _hijacked_service(db, login_role)
     gid = new_group(conn)
     secret = canary("secret")
@@ -1146,6 +1157,13 @@ def test_search_path_ahead_of_pg_catalog__nothing_planted_runs_as_the_owner(
         assert sc.execute("SHOW search_path").fetchone() == ("evil, pg_catalog, public",)
         pyaccess.store_provision_secret(sc, gid, secret, key_file=key_file)
         assert pyaccess.get_provision_secret(sc, gid, key_file=key_file) == secret
+    return gid, secret
+
+
+def test_search_path_ahead_of_pg_catalog__nothing_planted_runs_as_the_owner(
+    db: str, conn: Conn, login_role: Callable[..., str], key_file: Path
+) -> None:
+    gid, secret = _round_trip_as_hijacked_service(db, conn, login_role, key_file)
     row = conn.execute(
         "SELECT pg_catalog.pg_get_userbyid(proowner) FROM pg_catalog.pg_proc"
         " WHERE oid = 'public.store_provision_secret(uuid, text, bytea)'::regprocedure"
@@ -1164,12 +1182,7 @@ def test_search_path_ahead_of_pg_catalog__nothing_planted_runs_as_the_owner(
 def test_search_path_ahead_of_pg_catalog__planted_types_never_see_the_key(
     db: str, conn: Conn, login_role: Callable[..., str], key_file: Path
 ) -> None:
-    _, service = _hijacked_service(db, login_role)
-    gid = new_group(conn)
-    secret = canary("secret")
-    with connect_as(db, service) as sc:
-        pyaccess.store_provision_secret(sc, gid, secret, key_file=key_file)
-        assert pyaccess.get_provision_secret(sc, gid, key_file=key_file) == secret
+    _, secret = _round_trip_as_hijacked_service(db, conn, login_role, key_file)
     with psycopg.connect(db, autocommit=True) as admin:
         loot = "\n".join(str(r[0]) for r in admin.execute("SELECT loot FROM evil.calls").fetchall())
     assert Canaries((key_hex(key_file),), (secret,)).found_in(loot) == []
