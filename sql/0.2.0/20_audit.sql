@@ -11,7 +11,26 @@
 -- always recorded: they are rare and precious. Successful reads may be many; they are
 -- recorded where pyaccess.audit_reads = on (ALTER ROLE ... SET / ALTER DATABASE ... SET).
 
--- Writes one audit record to the server log (RAISE LOG: not sent to the client).
+-- One audit record: the line written to the server log.
+CREATE OR REPLACE FUNCTION pyaccess._audit_line(p_event text, p_outcome text, p_group_id uuid, p_key_id bytea,
+                                                p_detail text DEFAULT NULL)
+RETURNS text
+LANGUAGE sql STABLE
+RETURN 'pyaccess-audit ' || pg_catalog.json_build_object(
+           'event', p_event,
+           'outcome', p_outcome,
+           'group_id', p_group_id,
+           'key_id', pg_catalog.encode(p_key_id, 'hex'),
+           'detail', p_detail,
+           'role', session_user,
+           'application_name', pg_catalog.current_setting('application_name'),
+           'client_addr', pg_catalog.inet_client_addr(),
+           'pid', pg_catalog.pg_backend_pid(),
+           'at', pg_catalog.clock_timestamp())::text;
+SELECT pyaccess._declare('pyaccess._audit_line(text,text,uuid,bytea,text)', 'provision_secret_reader');
+
+-- Writes one audit record to the server log (RAISE LOG: not sent to the client). The hot
+-- paths (a store, an audited read) raise pyaccess._audit_line themselves: a call less.
 CREATE OR REPLACE FUNCTION pyaccess._audit(p_event text, p_outcome text, p_group_id uuid, p_key_id bytea,
                                            p_detail text DEFAULT NULL)
 RETURNS void
@@ -19,17 +38,7 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RAISE LOG USING MESSAGE = 'pyaccess-audit ' || pg_catalog.json_build_object(
-        'event', p_event,
-        'outcome', p_outcome,
-        'group_id', p_group_id,
-        'key_id', pg_catalog.encode(p_key_id, 'hex'),
-        'detail', p_detail,
-        'role', session_user,
-        'application_name', pg_catalog.current_setting('application_name'),
-        'client_addr', pg_catalog.inet_client_addr(),
-        'pid', pg_catalog.pg_backend_pid(),
-        'at', pg_catalog.clock_timestamp())::text;
+    RAISE LOG USING MESSAGE = pyaccess._audit_line(p_event, p_outcome, p_group_id, p_key_id, p_detail);
 END
 $$;
 SELECT pyaccess._declare('pyaccess._audit(text,text,uuid,bytea,text)', 'provision_secret_reader');
@@ -41,7 +50,7 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM pyaccess._audit('read', 'ok', p_group_id, p_key_id);
+    RAISE LOG USING MESSAGE = pyaccess._audit_line('read', 'ok', p_group_id, p_key_id);
     RETURN true;
 END
 $$;

@@ -161,9 +161,32 @@ END
 $$;
 SELECT pyaccess._declare('pyaccess._admit_key(bytea,uuid)', '');
 
+-- Raises the error for a store whose session or arguments pyaccess.seal refused, checked in
+-- this order: PA007 session not guarded, PA001 not exactly one key, PA002 bad secret.
+CREATE OR REPLACE FUNCTION pyaccess._refuse_seal(p_group_id uuid, p_secret bytea, p_keys bytea)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT pyaccess._guarded() THEN
+        PERFORM pyaccess._refuse_unguarded();
+    ELSIF p_keys IS NULL OR pg_catalog.octet_length(p_keys) <> 72 THEN
+        PERFORM pyaccess._fail('write', 'PA001', p_group_id, NULL,
+            'give exactly one key: its 8-byte key id, then its 64-byte pair for this group');
+    END IF;
+    PERFORM pyaccess._fail('write', 'PA002', p_group_id, pg_catalog.substr(p_keys, 1, 8), pg_catalog.format(
+        'the provision secret for OTA group %s must be 1 to 4096 bytes of UTF-8 text', p_group_id));
+END
+$$;
+SELECT pyaccess._declare('pyaccess._refuse_seal(uuid,bytea,bytea)', '');
+
 -- The service's store: seals p_secret (UTF-8 bytes) for OTA group p_group_id under the one
 -- key of p_keys (its id, then its v2 pair for this group) with a fresh IV, and stores it, on a
 -- guarded session. Errors: PA001 PA002 PA003 PA007 PA008.
+--
+-- Built for the hot path: one check of the session and the arguments, one UPDATE that also
+-- checks the key registry, one audit record; the refusals run only when something failed.
 CREATE OR REPLACE FUNCTION pyaccess.seal(p_group_id uuid, p_secret bytea, p_keys bytea)
 RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -175,29 +198,27 @@ DECLARE
     v_iv     bytea := pyaccess._random_iv();
     v_body   bytea;
 BEGIN
-    IF NOT pyaccess._guarded() THEN
-        PERFORM pyaccess._refuse_unguarded();
-    END IF;
-    IF p_keys IS NULL OR pg_catalog.octet_length(p_keys) <> 72 THEN
-        PERFORM pyaccess._fail('write', 'PA001', p_group_id, NULL,
-            'give exactly one key: its 8-byte key id, then its 64-byte pair for this group');
-    END IF;
-    IF p_secret IS NULL OR pg_catalog.octet_length(p_secret) NOT BETWEEN 1 AND 4096 THEN
-        PERFORM pyaccess._fail('write', 'PA002', p_group_id, v_key_id, pg_catalog.format(
-            'the provision secret for OTA group %s must be 1 to 4096 bytes of UTF-8 text', p_group_id));
-    END IF;
-    IF NOT EXISTS (SELECT FROM pyaccess.keys AS k WHERE k.key_id = v_key_id AND k.state = 'active') THEN
-        PERFORM pyaccess._admit_key(v_key_id, p_group_id);
+    IF NOT COALESCE(pyaccess._guarded() AND pg_catalog.octet_length(p_keys) = 72
+                    AND pg_catalog.octet_length(p_secret) BETWEEN 1 AND 4096, false) THEN
+        PERFORM pyaccess._refuse_seal(p_group_id, p_secret, p_keys);
     END IF;
     -- (a volatile argument would keep _body from being inlined: hence v_iv)
     v_body := pyaccess._body(2, v_key_id, v_pair, v_iv, p_secret);
-    UPDATE public.ota_groups
-       SET provision_secret_ciphertext = v_body || pyaccess._tag(p_group_id, v_body, v_pair)
-     WHERE id = p_group_id;
-    IF NOT FOUND THEN
-        PERFORM pyaccess._fail('write', 'PA003', p_group_id, v_key_id, pg_catalog.format('no OTA group with id %s', p_group_id));
-    END IF;
-    PERFORM pyaccess._audit('write', 'ok', p_group_id, v_key_id);
+    -- Stored only under an active key id. Nothing stored: the key id is not active (admitted
+    -- on an empty registry, else PA008), or, once the key is admitted, no such group (PA003).
+    FOR attempt IN 1..2 LOOP
+        UPDATE public.ota_groups
+           SET provision_secret_ciphertext = v_body || pyaccess._tag(p_group_id, v_body, v_pair)
+         WHERE id = p_group_id
+           AND EXISTS (SELECT FROM pyaccess.keys AS k WHERE k.key_id = v_key_id AND k.state = 'active');
+        EXIT WHEN FOUND;
+        IF attempt = 2 THEN
+            PERFORM pyaccess._fail('write', 'PA003', p_group_id, v_key_id,
+                                   pg_catalog.format('no OTA group with id %s', p_group_id));
+        END IF;
+        PERFORM pyaccess._admit_key(v_key_id, p_group_id);
+    END LOOP;
+    RAISE LOG USING MESSAGE = pyaccess._audit_line('write', 'ok', p_group_id, v_key_id);
 END
 $$;
 SELECT pyaccess._declare('pyaccess.seal(uuid,bytea,bytea)', 'provision_secret_writer');
