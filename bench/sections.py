@@ -1,7 +1,8 @@
 """What is measured: the variants of each section, and the floors they are compared with.
 
 Only the public API (module functions, both clients, ``pyaccess.aio``,
-``pyaccess.rotation.rotate``) and plain SQL on ``public.ota_groups``.
+``pyaccess.rotation.rotate``) and plain SQL on ``public.ota_groups``; and, to tell
+pyaccess's Python from the rest, the library's read statement sent through psycopg alone.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 import pyaccess
 from bench.dataset import SECRET, key_material, write_ring
 from bench.timing import Call, Comparison, Variant, local_pids, measure, split_cpus
+from pyaccess import queries
 from pyaccess.rotation import rotate
 
 # The floors: the same row's ciphertext, one prepared statement, no crypto.
@@ -160,6 +162,17 @@ def _floors(conn: psycopg.Connection[Any]) -> list[Variant]:
     return [Variant(name, name, call, _pid(conn)) for name, call in pairs]
 
 
+def _statement_alone(conn: psycopg.Connection[Any], key_file: Path) -> Variant:
+    """The library's read statement with the same values, through psycopg alone: what pyaccess's Python adds
+    to a get is the difference from the sync function, what the server and psycopg cost for it the rest."""
+    ring = pyaccess.load_key_ring(key_file)
+
+    def call(gid: uuid.UUID) -> object:
+        return conn.execute(queries.OPEN, (gid, ring.wire_keys(gid).reveal(), 2), prepare=True).fetchone()
+
+    return Variant("get: its statement through psycopg alone", FLOOR_GET_NAME, call, _pid(conn))
+
+
 def latency(env: Env) -> tuple[Section, str]:
     """Single calls, client and server on different CPUs: get and store on every service path against the floors."""
     with contextlib.ExitStack() as stack:
@@ -173,6 +186,7 @@ def latency(env: Env) -> tuple[Section, str]:
             for floor, op, call in zip(floors, ("get", "store"), calls, strict=True):
                 ref = floor.name if n == 0 else f"{op}: {paths[0][0]}"
                 variants.append(Variant(f"{op}: {label}", ref, call, pids, target=CEILING if n == 0 else ""))
+        variants.insert(len(floors) + 1, _statement_alone(conn, env.key_file))
         variants += _audit_variants(env, stack)
         stack.callback(os.sched_setaffinity, 0, os.sched_getaffinity(0))
         pinning = split_cpus(sorted({pid for v in variants for pid in v.pids}))
