@@ -453,6 +453,22 @@ def control_get(tracker: Tracker, conn: Conn, group: object, keys: bytes) -> Fai
     return failure
 
 
+def assert_naive_store_leaks(
+    tracker: Tracker, naive: Conn, group: uuid.UUID, key_file: Path, canaries: Canaries
+) -> None:
+    """The control of a store: plain psycopg's failing seal leaks the secret and the group's pair."""
+    control = control_store(tracker, naive, group, valid_secret(), sealing(key_file, group))
+    assert_control_leaks(control, canaries, "secret", pair_name(key_file, group))
+
+
+def assert_naive_get_leaks(  # noqa: PLR0917 - a control's whole context
+    tracker: Tracker, naive: Conn, group: uuid.UUID, key_file: Path, canaries: Canaries, holder: str = "psycopg"
+) -> None:
+    """The control of a get: plain psycopg's failing open leaks the group's pair, held in ``holder``'s frames."""
+    control = control_get(tracker, naive, group, opening(key_file, group))
+    assert_control_leaks(control, canaries, pair_name(key_file, group), holder=holder)
+
+
 def sealing(key_file: Path, group: uuid.UUID) -> bytes:
     return load_key_ring(key_file).sealing_keys(group).reveal()
 
@@ -492,6 +508,16 @@ class Api:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def pool_options(self, configure: object) -> dict[str, Any]:
+        """A pool of one autocommit connection, opened by the caller, with ``configure`` where guarded on connect."""
+        return {
+            "min_size": 1,
+            "max_size": 1,
+            "open": False,
+            "kwargs": {"autocommit": True},
+            "configure": configure if self.guard_on_connect else None,
+        }
 
     def open(self) -> None:
         raise NotImplementedError
@@ -632,14 +658,7 @@ class ClientApi(Api):
 
     def open(self) -> None:
         self.secrets = pyaccess.ProvisionSecrets(key_file=self.key_file)
-        self.pool: ConnectionPool[Conn] = ConnectionPool(
-            self.dsn,
-            min_size=1,
-            max_size=1,
-            open=False,
-            kwargs={"autocommit": True},
-            configure=self.secrets.configure if self.guard_on_connect else None,
-        )
+        self.pool: ConnectionPool[Conn] = ConnectionPool(self.dsn, **self.pool_options(self.secrets.configure))
         self.pool.open(wait=True)
         self.secrets.pool = self.pool
 
@@ -675,12 +694,7 @@ class AsyncClientApi(Api):
         self.runner = asyncio.Runner()
         self.secrets = pyaccess.AsyncProvisionSecrets(key_file=self.key_file, guard=self.guard)
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
-            self.dsn,
-            min_size=1,
-            max_size=1,
-            open=False,
-            kwargs={"autocommit": True},
-            configure=self.secrets.configure if self.guard_on_connect else None,
+            self.dsn, **self.pool_options(self.secrets.configure)
         )
         self.runner.run(self.pool.open(wait=True))
         self.secrets.pool = self.pool
@@ -761,17 +775,9 @@ def test_unknown_group__store_and_get(api: type[Api], tracker: Tracker, db: str,
     unknown = uuid.uuid4()
     canaries = Canaries.of([key_file], [unknown])
     with plain(db) as naive:
-        assert_control_leaks(
-            control_store(tracker, naive, unknown, valid_secret(), sealing(key_file, unknown)),
-            canaries,
-            "secret",
-            pair_name(key_file, unknown),
-        )
+        assert_naive_store_leaks(tracker, naive, unknown, key_file, canaries)
         # (no row, then the refusal, which carries no key: the naive caller's own frame holds the pair)
-        assert_control_leaks(
-            control_get(tracker, naive, unknown, opening(key_file, unknown)), canaries, pair_name(key_file, unknown),
-            holder="test_frame_locals.naive_get",
-        )  # fmt: skip
+        assert_naive_get_leaks(tracker, naive, unknown, key_file, canaries, holder="test_frame_locals.naive_get")
 
     with api(tracker, db, key_file) as calls:
         assert_clean(calls.fail_store(unknown, valid_secret), canaries, pyaccess.GroupNotFoundError)
@@ -781,9 +787,7 @@ def test_unknown_group__store_and_get(api: type[Api], tracker: Tracker, db: str,
 def test_secret_not_stored__get(api: type[Api], tracker: Tracker, db: str, group: uuid.UUID, key_file: Path) -> None:
     canaries = Canaries.of([key_file], [group])
     with plain(db) as naive:
-        assert_control_leaks(
-            control_get(tracker, naive, group, opening(key_file, group)), canaries, pair_name(key_file, group)
-        )
+        assert_naive_get_leaks(tracker, naive, group, key_file, canaries)
     with api(tracker, db, key_file) as calls:
         assert_clean(calls.fail_get(group), canaries, pyaccess.SecretNotFoundError)
 
@@ -814,9 +818,7 @@ def test_altered_ciphertext__get(  # noqa: PLR0917 - fixtures
     conn.commit()
     canaries = Canaries.of([key_file], [stored])
     with plain(db) as naive:
-        assert_control_leaks(
-            control_get(tracker, naive, stored, opening(key_file, stored)), canaries, pair_name(key_file, stored)
-        )
+        assert_naive_get_leaks(tracker, naive, stored, key_file, canaries)
     with api(tracker, db, key_file) as calls:
         assert_clean(calls.fail_get(stored), canaries, pyaccess.SecretIntegrityError)
 
@@ -904,17 +906,10 @@ def test_dropped_connection__store_and_get(  # noqa: PLR0917 - fixtures
     canaries = Canaries.of([key_file], [stored])
     with plain(db) as naive:
         kill(server, naive.info.backend_pid)
-        assert_control_leaks(
-            control_store(tracker, naive, stored, valid_secret(), sealing(key_file, stored)),
-            canaries,
-            "secret",
-            pair_name(key_file, stored),
-        )
+        assert_naive_store_leaks(tracker, naive, stored, key_file, canaries)
     with plain(db) as naive:
         kill(server, naive.info.backend_pid)
-        assert_control_leaks(
-            control_get(tracker, naive, stored, opening(key_file, stored)), canaries, pair_name(key_file, stored)
-        )
+        assert_naive_get_leaks(tracker, naive, stored, key_file, canaries)
 
     with api(tracker, db, key_file) as calls:
         assert calls.get(stored) == valid_secret()  # a working, guarded session first
@@ -931,15 +926,8 @@ def test_access_denied__store_and_get(  # noqa: PLR0917 - fixtures
 ) -> None:
     canaries = Canaries.of([key_file], [stored], {"the role's password": str(conninfo_to_dict(outsider)["password"])})
     with plain(outsider, guarded=False) as naive:
-        assert_control_leaks(
-            control_store(tracker, naive, stored, valid_secret(), sealing(key_file, stored)),
-            canaries,
-            "secret",
-            pair_name(key_file, stored),
-        )
-        assert_control_leaks(
-            control_get(tracker, naive, stored, opening(key_file, stored)), canaries, pair_name(key_file, stored)
-        )
+        assert_naive_store_leaks(tracker, naive, stored, key_file, canaries)
+        assert_naive_get_leaks(tracker, naive, stored, key_file, canaries)
     # no configure hook: it would fail in the pool's worker, not in the call
     with api(tracker, outsider, key_file, guard_on_connect=False) as calls:
         assert_clean(calls.fail_store(stored, valid_secret), canaries, pyaccess.AccessDeniedError)
@@ -956,15 +944,8 @@ def test_guard_lost__store_and_get(  # noqa: PLR0917 - fixtures
     with plain(db) as naive:
         naive.execute("RESET ALL")
         naive.commit()
-        assert_control_leaks(
-            control_store(tracker, naive, stored, valid_secret(), sealing(key_file, stored)),
-            canaries,
-            "secret",
-            pair_name(key_file, stored),
-        )
-        assert_control_leaks(
-            control_get(tracker, naive, stored, opening(key_file, stored)), canaries, pair_name(key_file, stored)
-        )
+        assert_naive_store_leaks(tracker, naive, stored, key_file, canaries)
+        assert_naive_get_leaks(tracker, naive, stored, key_file, canaries)
 
     expected = pyaccess.GroupNotFoundError if api.survives_lost_guard else pyaccess.ParameterLoggingError
     with api(tracker, db, key_file) as calls:
@@ -994,17 +975,26 @@ def naive_load(path: Path) -> bytes:
     return bytes.fromhex(data["key"]) + b"".join(bytes.fromhex(k) for k in data["previous_keys"])
 
 
+def broken_key_file(
+    kind: str, key_file: Path, tmp_path: Path, tracker: Tracker, groups: list[uuid.UUID]
+) -> tuple[Path, Canaries]:
+    """``key_file``'s key and a fresh previous one in a file malformed as ``kind``, and their canaries; first
+    the control: a naive parse of that file leaks the key."""
+    current = load_key_ring(key_file).current.material.hex()
+    previous = secrets.token_hex(32)
+    broken = tmp_path / "broken.json"
+    broken.write_text(MALFORMED_KEY_FILES[kind](current, previous))
+    canaries = Canaries.of([key_file], groups, {"previous key": previous[:40]})
+    assert_control_leaks(fails(tracker, lambda: naive_load(broken)), canaries, "master key key.json[0]", holder="")
+    return broken, canaries
+
+
 @pytest.mark.parametrize("kind", MALFORMED_KEY_FILES)
 def test_malformed_key_file__store_and_get(  # noqa: PLR0917 - fixtures
     api: type[Api], kind: str, tracker: Tracker, db: str, stored: uuid.UUID, key_file: Path, tmp_path: Path
 ) -> None:
     """Only what the call paths outside keyfile.py hold is checked here (keyfile.py: test_keyfile.py)."""
-    current = load_key_ring(key_file).current.material.hex()
-    previous = secrets.token_hex(32)
-    broken = tmp_path / "broken.json"
-    broken.write_text(MALFORMED_KEY_FILES[kind](current, previous))
-    canaries = Canaries.of([key_file], [stored], {"previous key": previous[:40]})
-    assert_control_leaks(fails(tracker, lambda: naive_load(broken)), canaries, "master key key.json[0]", holder="")
+    broken, canaries = broken_key_file(kind, key_file, tmp_path, tracker, [stored])
 
     with api(tracker, db, broken) as calls:
         for failure in (calls.fail_store(stored, valid_secret), calls.fail_get(stored)):
@@ -1196,12 +1186,7 @@ def test_rotation__malformed_key_file(  # noqa: PLR0917 - fixtures
     kind: str, tracker: Tracker, db: str, rotation: tuple[list[uuid.UUID], Path], key_file: Path, tmp_path: Path
 ) -> None:
     groups, _ = rotation
-    current = load_key_ring(key_file).current.material.hex()
-    previous = secrets.token_hex(32)
-    broken = tmp_path / "broken.json"
-    broken.write_text(MALFORMED_KEY_FILES[kind](current, previous))
-    canaries = Canaries.of([key_file], groups, {"previous key": previous[:40]})
-    assert_control_leaks(fails(tracker, lambda: naive_load(broken)), canaries, "master key key.json[0]", holder="")
+    broken, canaries = broken_key_file(kind, key_file, tmp_path, tracker, groups)
     assert_clean(rotate_fails(tracker, db, broken), canaries, pyaccess.KeyFileError, skip=(KEYFILE_PY,))
 
 
@@ -1290,18 +1275,20 @@ def cli_control(  # noqa: PLR0917 - fixtures
     assert_control_leaks(tracker.recorded[-1], canaries, *names, holder=holder)
 
 
+def assert_cli_store_clean(  # noqa: PLR0917 - a store's whole context
+    cli: Tracker, db: str, group: uuid.UUID, key_file: Path, stdin: bytes, canaries: Canaries, error: type[Exception]
+) -> None:
+    """``pyaccess store`` of ``stdin`` fails with ``error``, and nothing it leaves shows a canary."""
+    assert_cli_clean(run_cli(pyaccess.cli.main, ["store", str(group)], db, key_file, stdin), cli, canaries, error)
+
+
 def test_cli_store__unknown_group(cli: Tracker, db: str, conn: Conn, key_file: Path) -> None:
     register_key(conn, key_file)
     unknown = uuid.uuid4()
     canaries = Canaries.of([key_file], [unknown])
     stdin = valid_secret().encode() + b"\n"
     cli_control(cli, db, unknown, key_file, stdin, canaries)
-    assert_cli_clean(
-        run_cli(pyaccess.cli.main, ["store", str(unknown)], db, key_file, stdin),
-        cli,
-        canaries,
-        pyaccess.GroupNotFoundError,
-    )
+    assert_cli_store_clean(cli, db, unknown, key_file, stdin, canaries, pyaccess.GroupNotFoundError)
 
 
 @pytest.mark.parametrize(
@@ -1322,12 +1309,7 @@ def test_cli_store__invalid_secret(  # noqa: PLR0917 - fixtures
     utf8 = b"\xff" not in stdin and b"\xed" not in stdin
     # not UTF-8: the naive command fails decoding it, in its own frame
     cli_control(cli, db, group, key_file, stdin, canaries, holder="psycopg" if utf8 else __name__)
-    assert_cli_clean(
-        run_cli(pyaccess.cli.main, ["store", str(group)], db, key_file, stdin),
-        cli,
-        canaries,
-        pyaccess.InvalidSecretError,
-    )
+    assert_cli_store_clean(cli, db, group, key_file, stdin, canaries, pyaccess.InvalidSecretError)
 
 
 def test_cli_store__key_id_not_active(  # noqa: PLR0917 - fixtures
@@ -1337,12 +1319,7 @@ def test_cli_store__key_id_not_active(  # noqa: PLR0917 - fixtures
     canaries = Canaries.of([key_file, other_key_file], [group])
     stdin = valid_secret().encode()
     cli_control(cli, db, group, other_key_file, stdin, canaries)
-    assert_cli_clean(
-        run_cli(pyaccess.cli.main, ["store", str(group)], db, other_key_file, stdin),
-        cli,
-        canaries,
-        pyaccess.KeyNotActiveError,
-    )
+    assert_cli_store_clean(cli, db, group, other_key_file, stdin, canaries, pyaccess.KeyNotActiveError)
 
 
 @pytest.mark.parametrize(
@@ -1426,12 +1403,7 @@ def test_cli__malformed_key_file(  # noqa: PLR0917 - fixtures
     kind: str, cli: Tracker, db: str, conn: Conn, group: uuid.UUID, key_file: Path, tmp_path: Path
 ) -> None:
     register_key(conn, key_file)
-    current = load_key_ring(key_file).current.material.hex()
-    previous = secrets.token_hex(32)
-    broken = tmp_path / "broken.json"
-    broken.write_text(MALFORMED_KEY_FILES[kind](current, previous))
-    canaries = Canaries.of([key_file], [group], {"previous key": previous[:40]})
-    assert_control_leaks(fails(cli, lambda: naive_load(broken)), canaries, "master key key.json[0]", holder="")
+    broken, canaries = broken_key_file(kind, key_file, tmp_path, cli, [group])
     for args in (["store", str(group)], ["get", str(group)], ["rotate"]):
         run = run_cli(pyaccess.cli.main, args, db, broken, valid_secret().encode())
         assert run.status == 1, run
