@@ -19,11 +19,12 @@ if __package__ in (None, ""):  # run as a script: make the ``bench`` package imp
 import psycopg
 
 from bench import report, sections
-from bench.dataset import bench_database, load_groups
+from bench.dataset import PREVIOUS_RELEASE, bench_database, bench_server, load_groups, load_previous_release
 from bench.sections import Env, Sizes
 from pyaccess.keyfile import write_new_key_file
 
 BENCH_DIR = Path(__file__).resolve().parent
+PREVIOUS_GROUPS = 2_000  # groups in the previous release's database (its section reads and writes only)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,18 +55,24 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes(args.rounds, args.block, args.warmup, threads, args.tp_calls, args.tp_rounds, args.rot_rounds,
               args.mem_calls)  # fmt: skip
     started, load_before = time.monotonic(), os.getloadavg()
+    release, last_migration = PREVIOUS_RELEASE
     with (
         tempfile.TemporaryDirectory(prefix="pyaccess-bench-") as tmp,
-        bench_database(args.dsn) as dsn,
+        bench_server(args.dsn) as server,
+        bench_database(server) as dsn,
+        bench_database(server, until=last_migration) as previous_dsn,
         asyncio.Runner() as runner,
     ):
         key_file = write_new_key_file(Path(tmp) / "key.json")
         log(f"loading {args.groups:,} groups through store_provision_secret")
         env = Env(runner, dsn, key_file, load_groups(dsn, args.groups, key_file), sizes)
+        previous_groups = load_previous_release(previous_dsn, min(args.groups, PREVIOUS_GROUPS), key_file)
         with psycopg.connect(dsn) as conn:
             server_version = str(conn.execute("SELECT version()").fetchone()[0])  # type: ignore[index]
         log("latency: the floors and every service path, interleaved")
         latency, pinning = sections.latency(env)
+        log(f"against {release}: each release's statements on a database of its own")
+        before_after = sections.against_previous_release(env, previous_dsn, previous_groups)
         log(f"throughput: {threads} threads")
         tp = sections.throughput(env)
         log(f"memory: {args.mem_calls:,} get and store calls under tracemalloc")
@@ -82,11 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         "latency CPUs": pinning,
         "load average (1 min) before / after": f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
     }
-    tables = report.markdown(meta, [latency, tp, rot], growth)
+    tables = report.markdown(meta, [latency, before_after, tp, rot], growth)
     print(tables)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(tables, encoding="utf-8")
-    report.chart([latency, tp, rot], args.out / "chart.png")
+    report.chart([latency, before_after, tp, rot], args.out / "chart.png")
     log(f"wrote {args.out / 'results.md'} and {args.out / 'chart.png'}")
     return 0
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import inspect
+import itertools
 import os
 import secrets
 import tracemalloc
@@ -19,13 +21,21 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 import pyaccess
-from bench.dataset import SECRET, key_material, write_ring
+from bench.dataset import (
+    PREVIOUS_GET,
+    PREVIOUS_GUARD,
+    PREVIOUS_RELEASE,
+    PREVIOUS_STORE,
+    SECRET,
+    key_material,
+    write_ring,
+)
 from bench.timing import Call, Comparison, Variant, local_pids, measure, split_cpus
 from pyaccess import queries
 from pyaccess.rotation import rotate
@@ -148,7 +158,9 @@ def _check_paths(env: Env, conn: psycopg.Connection[Any], paths: list[Path4]) ->
             raise RuntimeError(f"{label}: read {got!r} after its own store")
 
 
-def _floors(conn: psycopg.Connection[Any]) -> list[Variant]:
+def _floors(
+    conn: psycopg.Connection[Any], names: tuple[str, str] = (FLOOR_GET_NAME, FLOOR_STORE_NAME)
+) -> list[Variant]:
     """The same row's ciphertext read, or written back as it was, by one prepared statement on ``conn``."""
     saved = dict(conn.execute("SELECT id, provision_secret_ciphertext FROM public.ota_groups").fetchall())
 
@@ -158,18 +170,22 @@ def _floors(conn: psycopg.Connection[Any]) -> list[Variant]:
     def update(gid: uuid.UUID) -> object:
         return conn.execute(FLOOR_STORE, (saved[gid], gid), prepare=True)
 
-    pairs = ((FLOOR_GET_NAME, select), (FLOOR_STORE_NAME, update))
-    return [Variant(name, name, call, _pid(conn)) for name, call in pairs]
+    return [Variant(name, name, call, _pid(conn)) for name, call in zip(names, (select, update), strict=True)]
+
+
+Params = Callable[[Any], tuple[Any, ...]]  # a statement's parameters for a group
+
+
+def _statement(conn: psycopg.Connection[Any], query: LiteralString, params: Params) -> Call:
+    """One prepared statement on ``conn``, through psycopg alone, with the parameters for the group."""
+    return lambda gid: conn.execute(query, params(gid), prepare=True).fetchall()
 
 
 def _statement_alone(conn: psycopg.Connection[Any], key_file: Path) -> Variant:
     """The library's read statement with the same values, through psycopg alone: what pyaccess's Python adds
     to a get is the difference from the sync function, what the server and psycopg cost for it the rest."""
     ring = pyaccess.load_key_ring(key_file)
-
-    def call(gid: uuid.UUID) -> object:
-        return conn.execute(queries.OPEN, (gid, ring.wire_keys(gid).reveal(), 2), prepare=True).fetchone()
-
+    call = _statement(conn, queries.OPEN, lambda g: (g, ring.wire_keys(g).reveal(), 2))
     return Variant("get: its statement through psycopg alone", FLOOR_GET_NAME, call, _pid(conn))
 
 
@@ -207,6 +223,43 @@ def _audit_variants(env: Env, stack: contextlib.ExitStack) -> list[Variant]:
         get = _sync_get(conn, env.key_file)
         variants.append(Variant(name, variants[0].name if variants else name, get, _pid(conn)))
     return variants
+
+
+def against_previous_release(env: Env, previous_dsn: str, previous_groups: Sequence[uuid.UUID]) -> Section:
+    """Each release's own get and store statements, sent through psycopg alone, against the plain SELECT and
+    UPDATE on a database of that release: what a call costs the server, before and after."""
+    ring, master, secret = pyaccess.load_key_ring(env.key_file), key_material(env.key_file), SECRET.encode()
+    then_row = dict(zip(env.groups, itertools.cycle(previous_groups), strict=False))  # a row of each database
+    old, new = PREVIOUS_RELEASE[0], queries.SQL_RELEASE
+    with contextlib.ExitStack() as stack:
+        now = stack.enter_context(psycopg.connect(env.dsn, autocommit=True))
+        now.execute(queries.GUARD)
+        then = stack.enter_context(psycopg.connect(previous_dsn, autocommit=True))
+        then.execute(PREVIOUS_GUARD)
+
+        def on_then(call: Call) -> Call:
+            return lambda gid: call(then_row[gid])
+
+        floors = [
+            dataclasses.replace(floor, call=on_then(floor.call))
+            for floor in _floors(then, (f"{old}: plain SELECT (floor)", f"{old}: plain UPDATE (floor)"))
+        ] + _floors(now, (f"{new}: plain SELECT (floor)", f"{new}: plain UPDATE (floor)"))
+        calls = [
+            (f"{old}: get (the master key)",
+             on_then(_statement(then, PREVIOUS_GET, lambda g: (g, [master])))),
+            (f"{old}: store (the master key)",
+             on_then(_statement(then, PREVIOUS_STORE, lambda g: (g, SECRET, master)))),
+            (f"{new}: get (the group's pairs)",
+             _statement(now, queries.OPEN, lambda g: (g, ring.wire_keys(g).reveal(), 2))),
+            (f"{new}: store (the group's pair)",
+             _statement(now, queries.SEAL, lambda g: (g, secret, ring.sealing_keys(g).reveal()))),
+        ]  # fmt: skip
+        variants = floors + [
+            Variant(name, floor.name, call, floor.pids) for (name, call), floor in zip(calls, floors, strict=True)
+        ]
+        s = env.sizes
+        found = measure(env.runner, variants, env.groups, rounds=s.rounds, block=s.block, warmup=s.warmup, seed=4)
+    return Section(f"Against {old}: each release's statements, through psycopg alone", found)
 
 
 def throughput(env: Env) -> Section:

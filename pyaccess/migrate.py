@@ -56,8 +56,9 @@ def _preflight(backend: DatabaseBackend, todo: Any) -> None:
                 check(connection)
 
 
-def apply_migrations(dsn: str, lock_timeout: float = 60.0) -> list[str]:
-    """Apply every pending migration; return their ids (empty when already current).
+def apply_migrations(dsn: str, lock_timeout: float = 60.0, *, until: str | None = None) -> list[str]:
+    """Apply every pending migration, or those up to and including the migration id ``until``
+    (a database of an earlier release); return their ids (empty when already current).
 
     The pending set is computed under yoyo's lock, so two runs started at once
     do the work once: the second waits, then finds nothing to do.
@@ -66,6 +67,8 @@ def apply_migrations(dsn: str, lock_timeout: float = 60.0) -> list[str]:
     try:
         with backend.lock(timeout=lock_timeout):
             todo = backend.to_apply(read_migrations(str(migrations_dir())))
+            if until is not None:
+                todo = todo.filter(lambda migration: migration.id <= until)
             _preflight(backend, todo)
             backend.apply_migrations(todo)
         applied = [m.id for m in todo]

@@ -14,8 +14,9 @@ def test_bench__tiny_sizes__writes_every_table_and_the_chart(server: Server, tmp
     assert main(["--dsn", server.dsn(), *TINY.split(), "--mem-calls", "20", "--out", str(tmp_path)]) == 0
 
     results = (tmp_path / "results.md").read_text(encoding="utf-8")
-    for heading in ("## Latency", "## Throughput", "## Rotation of 30 rows", "## Memory"):
+    for heading in ("## Latency", "## Against 0.1.0", "## Throughput", "## Rotation of 30 rows", "## Memory"):
         assert heading in results
-    for variant in ("get: sync function", "store: AsyncProvisionSecrets", "pooled get, 2 thread(s)", "rotate"):
+    variants = ("get: sync function", "0.1.0: get", "store: AsyncProvisionSecrets", "pooled get, 2 thread(s)", "rotate")
+    for variant in variants:
         assert variant in results
     assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
