@@ -257,6 +257,8 @@ def against_previous_release(env: Env, previous_dsn: str, previous_groups: Seque
         variants = floors + [
             Variant(name, floor.name, call, floor.pids) for (name, call), floor in zip(calls, floors, strict=True)
         ]
+        stack.callback(os.sched_setaffinity, 0, os.sched_getaffinity(0))
+        split_cpus(sorted({pid for v in variants for pid in v.pids}))  # as in the latency section
         s = env.sizes
         found = measure(env.runner, variants, env.groups, rounds=s.rounds, block=s.block, warmup=s.warmup, seed=4)
     return Section(f"Against {old}: each release's statements, through psycopg alone", found)
