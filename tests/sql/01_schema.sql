@@ -39,7 +39,7 @@ INSERT INTO expected_definers VALUES
     ('pyaccess.rewrap_todo(bytea,uuid,integer)'),
     ('pyaccess.rewrap(uuid[],bytea[],bytea[],bytea)');
 
-SELECT plan(76 + 8 * (SELECT pg_catalog.count(*)::integer FROM api_fn)
+SELECT plan(77 + 8 * (SELECT pg_catalog.count(*)::integer FROM api_fn)
                + (SELECT pg_catalog.count(*)::integer FROM api_fn WHERE prosecdef));
 
 -- ---------------------------------------------------------------------
@@ -278,6 +278,42 @@ SELECT is_empty(
           AND NOT (sql_standard_body AND proconfig IS NULL AND NOT prosecdef) $$,
     'the envelope helpers, pyaccess._open and pyaccess.open are inlinable (SQL-standard body, no SET, invoker)'
 );
+
+-- Every scalar SQL-standard helper (RETURN ...) is inlined where it is called: its name never
+-- reaches the plan. One declared STABLE that calls a VOLATILE function (clock_timestamp(), say)
+-- is not: PostgreSQL then runs its body as a query of its own, planned anew in every
+-- transaction (pyaccess._audit_line was, and a read with its audit record cost twice as much).
+CREATE FUNCTION pg_temp.not_inlined() RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+    f record;
+    line text;
+BEGIN
+    FOR f IN
+        SELECT p.oid::pg_catalog.regprocedure::text AS signature, p.proname,
+               COALESCE(pg_catalog.string_agg(pg_catalog.format('x.a%s', t.n), ', ' ORDER BY t.n) FILTER (WHERE t.n IS NOT NULL), '') AS args,
+               COALESCE(pg_catalog.string_agg(pg_catalog.format('NULL::%s', pg_catalog.format_type(t.oid, NULL)), ', '
+                                              ORDER BY t.n) FILTER (WHERE t.n IS NOT NULL), '1') AS nulls,
+               COALESCE(pg_catalog.string_agg(pg_catalog.format('a%s', t.n), ', ' ORDER BY t.n) FILTER (WHERE t.n IS NOT NULL), 'a') AS names
+          FROM pg_catalog.pg_proc AS p
+          LEFT JOIN LATERAL pg_catalog.unnest(p.proargtypes::oid[]) WITH ORDINALITY AS t(oid, n) ON true
+         WHERE p.pronamespace = 'pyaccess'::regnamespace
+           AND p.prolang = (SELECT l.oid FROM pg_catalog.pg_language AS l WHERE l.lanname = 'sql')
+           AND p.prosqlbody IS NOT NULL AND NOT p.proretset
+           AND pg_catalog.pg_get_functiondef(p.oid) !~ 'BEGIN ATOMIC'
+         GROUP BY p.oid, p.proname
+    LOOP
+        FOR line IN EXECUTE pg_catalog.format('EXPLAIN (VERBOSE, COSTS OFF) SELECT pyaccess.%I(%s) FROM (VALUES (%s)) AS x(%s)',
+                                              f.proname, f.args, f.nulls, f.names) LOOP
+            IF pg_catalog.strpos(line, 'pyaccess.' || f.proname || '(') > 0 THEN
+                RETURN NEXT f.signature;
+                EXIT;
+            END IF;
+        END LOOP;
+    END LOOP;
+END
+$$;
+SELECT is_empty($$ SELECT * FROM pg_temp.not_inlined() $$,
+                'every scalar SQL-standard helper in schema pyaccess is inlined into its caller');
 
 -- ---------------------------------------------------------------------
 -- Signatures the Python layer and the DBAs rely on
