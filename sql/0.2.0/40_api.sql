@@ -33,13 +33,12 @@ BEGIN ATOMIC
 END;
 SELECT pyaccess._declare('pyaccess._ring_ids(bytea)', 'provision_secret_reader');
 
--- What a read that pyaccess.open could not serve gets: NULL when the envelope is of another
--- version than p_version and the ring is well formed (the caller asks again with pairs of that
--- version), else the error, checked in this order: PA007 session not guarded, PA003 no group
--- (p_found false), PA001 bad key ring, PA004 no secret, PA006 malformed, PA005 key not given,
--- PA006 tag wrong (altered, or copied from another group).
-CREATE OR REPLACE FUNCTION pyaccess._refuse_open(p_group_id uuid, p_found boolean, p_envelope bytea, p_keys bytea,
-                                                 p_version integer)
+-- What a read of an existing group that pyaccess.open could not serve gets: NULL when the
+-- envelope is of another version than p_version and the ring is well formed (the caller asks
+-- again with pairs of that version), else the error, checked in this order: PA007 session not
+-- guarded, PA001 bad key ring, PA004 no secret, PA006 malformed, PA005 key not given, PA006 tag
+-- wrong (altered, or copied from another group).
+CREATE OR REPLACE FUNCTION pyaccess._refuse_open(p_group_id uuid, p_envelope bytea, p_keys bytea, p_version integer)
 RETURNS bytea
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -49,8 +48,6 @@ DECLARE
 BEGIN
     IF NOT pyaccess._guarded() THEN
         PERFORM pyaccess._refuse_unguarded();
-    ELSIF NOT p_found THEN
-        RETURN pyaccess._fail('read', 'PA003', p_group_id, NULL, pg_catalog.format('no OTA group with id %s', p_group_id));
     ELSIF NOT pyaccess._ring_ok(p_keys) THEN
         RETURN pyaccess._fail('read', 'PA001', p_group_id, NULL,
             'the keys must be one or more 72-byte entries: 8-byte key ids, then the 64-byte pairs');
@@ -73,7 +70,7 @@ BEGIN
         p_group_id));
 END
 $$;
-SELECT pyaccess._declare('pyaccess._refuse_open(uuid,boolean,bytea,bytea,integer)', 'provision_secret_reader');
+SELECT pyaccess._declare('pyaccess._refuse_open(uuid,bytea,bytea,integer)', 'provision_secret_reader');
 
 -- =====================================================================
 -- Reading
@@ -99,7 +96,7 @@ BEGIN ATOMIC
                      AND pyaccess._authentic(p_group_id, o.envelope, o.pair)
                      AND pyaccess._read_recorded(p_group_id, pyaccess._envelope_key_id(o.envelope))
                 THEN pyaccess._plaintext(o.envelope, o.pair)
-                ELSE pyaccess._refuse_open(p_group_id, true, o.envelope, p_keys, p_version)
+                ELSE pyaccess._refuse_open(p_group_id, o.envelope, p_keys, p_version)
            END
       FROM (SELECT g.provision_secret_ciphertext AS envelope,
                    pyaccess._envelope_version(g.provision_secret_ciphertext) AS version,
@@ -118,8 +115,10 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT pyaccess._guarded() OR NOT EXISTS (SELECT FROM public.ota_groups AS g WHERE g.id = p_group_id) THEN
-        PERFORM pyaccess._refuse_open(p_group_id, false, NULL, NULL, NULL);
+    IF NOT pyaccess._guarded() THEN
+        PERFORM pyaccess._refuse_unguarded();
+    ELSIF NOT EXISTS (SELECT FROM public.ota_groups AS g WHERE g.id = p_group_id) THEN
+        PERFORM pyaccess._fail('read', 'PA003', p_group_id, NULL, pg_catalog.format('no OTA group with id %s', p_group_id));
     END IF;
 END
 $$;
