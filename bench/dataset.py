@@ -102,10 +102,11 @@ PREVIOUS_GUARD: LiteralString = "SELECT public.provision_secret_session_guard()"
 def load_previous_release(dsn: str, groups: int, key_file: Path) -> list[uuid.UUID]:
     """``groups`` OTA groups in a database of the previous release, each secret stored as that release's
     library stored it: its contract function, given the master key (envelope v1)."""
+    master = key_material(key_file)
     with psycopg.connect(dsn, autocommit=True) as conn:
         ids = _new_groups(conn, groups)
         with conn.transaction(), conn.pipeline():
             for gid in ids:
-                conn.execute(PREVIOUS_STORE, (gid, SECRET, key_material(key_file)))
+                conn.execute(PREVIOUS_STORE, (gid, SECRET, master))
         conn.execute("VACUUM ANALYZE public.ota_groups")
     return ids
